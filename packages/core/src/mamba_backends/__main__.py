@@ -1,0 +1,3 @@
+from mamba_backends.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The ``MambaBackend`` contract: what a backend is, and how its kernels are reached.
+
+A backend is data plus functions. It names its mamba type, the dtypes and devices it supports,
+its metadata builder, and one module that holds its kernels under vLLM's op names. It holds no
+hidden global state: :meth:`MambaBackend.ops` imports the op module lazily and caches nothing but
+that module object.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, ClassVar
+
+import torch
+
+from mamba_backends.metadata import MambaMetadataBuilder
+from mamba_backends.types import MAMBA_TYPES
+
+#: The ops each mamba type needs, under vLLM's names (vLLM 0.32 signatures and semantics).
+OP_NAMES: dict[str, tuple[str, ...]] = {
+    "mamba1": (
+        "causal_conv1d_fn",
+        "causal_conv1d_update",
+        "selective_scan_fn",
+        "selective_state_update",
+    ),
+    "mamba2": (
+        "causal_conv1d_fn",
+        "causal_conv1d_update",
+        "selective_state_update",
+        "mamba_chunk_scan_combined_varlen",
+    ),
+    "short_conv": ("causal_conv1d_fn", "causal_conv1d_update"),
+    "gdn": (
+        "causal_conv1d_fn",
+        "causal_conv1d_update",
+        "fused_gdn_gating",
+        "chunk_gated_delta_rule",
+        "fused_recurrent_gated_delta_rule",
+    ),
+    "linear_attention": ("lightning_attention", "linear_decode_forward"),
+}
+assert set(OP_NAMES) == set(MAMBA_TYPES)
+
+
+class MambaOps:
+    """A backend's kernels, reached by vLLM's op names: ``Backend.ops().selective_state_update``.
+
+    Only the ops of the backend's mamba type are exposed. An op that the backend's module does
+    not provide raises ``NotImplementedError`` naming the backend and the op.
+    """
+
+    def __init__(self, backend_name: str, names: tuple[str, ...], module: ModuleType) -> None:
+        self._backend_name = backend_name
+        self._names = names
+        self._module = module
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The op names this accessor serves."""
+        return self._names
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._names:
+            raise AttributeError(
+                f"backend {self._backend_name!r} has no op {name!r}; its ops are: "
+                f"{', '.join(self._names)}"
+            )
+        fn = getattr(self._module, name, None)
+        if fn is None:
+            raise NotImplementedError(
+                f"backend {self._backend_name!r} does not implement op {name!r} "
+                f"(module {self._module.__name__!r} has no such function)"
+            )
+        return fn
+
+    def __dir__(self) -> list[str]:
+        return list(self._names)
+
+    def __repr__(self) -> str:
+        return f"MambaOps({self._backend_name!r}, {self._module.__name__!r})"
+
+
+class MambaBackend:
+    """Base class of every backend.
+
+    Subclasses set the class attributes below. ``ops_module`` is the dotted path of a module
+    that defines the kernels under vLLM's names (see :data:`OP_NAMES`).
+    """
+
+    #: Short, unique, human-readable name, e.g. ``"cpu.mamba2"``.
+    name: ClassVar[str] = ""
+    #: One of :data:`mamba_backends.types.MAMBA_TYPES`.
+    mamba_type: ClassVar[str] = ""
+    #: Activation dtypes the ops accept.
+    supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+    )
+    #: State (cache) dtypes the ops accept.
+    supported_state_dtypes: ClassVar[tuple[torch.dtype, ...]] = (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+    )
+    #: ``torch.device`` types the ops run on, e.g. ``("cpu",)``.
+    supported_devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: Dotted path of the module that holds the ops.
+    ops_module: ClassVar[str] = ""
+    #: SSD chunk size the metadata builder uses (mamba2 only; None elsewhere).
+    chunk_size: ClassVar[int | None] = None
+
+    _ops_cache: ClassVar[dict[type, MambaOps]] = {}
+
+    @classmethod
+    def get_name(cls) -> str:
+        """The backend's short name."""
+        return cls.name or cls.__qualname__
+
+    @classmethod
+    def qualname(cls) -> str:
+        """The dotted path that resolves to this class."""
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    @classmethod
+    def get_builder_cls(cls) -> type[MambaMetadataBuilder]:
+        """The metadata builder class for this backend (prefill/decode split, chunk metadata)."""
+        return MambaMetadataBuilder
+
+    @classmethod
+    def op_names(cls) -> tuple[str, ...]:
+        """The vLLM op names this backend serves (those of its mamba type)."""
+        return OP_NAMES[cls.mamba_type]
+
+    @classmethod
+    def ops(cls) -> MambaOps:
+        """The backend's kernels under vLLM's op names (the one documented accessor).
+
+        Example: ``get_mamba_backend("mamba2").ops().selective_state_update(...)``.
+        """
+        cached = MambaBackend._ops_cache.get(cls)
+        if cached is None:
+            if not cls.ops_module:
+                raise NotImplementedError(f"backend {cls.get_name()!r} declares no ops_module")
+            module = importlib.import_module(cls.ops_module)
+            cached = MambaOps(cls.get_name(), cls.op_names(), module)
+            MambaBackend._ops_cache[cls] = cached
+        return cached
+
+    @classmethod
+    def supports(cls, dtype: torch.dtype, device: torch.device | str) -> bool:
+        """Whether the ops accept activations of ``dtype`` on ``device``."""
+        device_type = torch.device(device).type
+        return dtype in cls.supported_dtypes and device_type in cls.supported_devices
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """A JSON-friendly description (used by ``mamba-backends info``)."""
+        return {
+            "name": cls.get_name(),
+            "class": cls.qualname(),
+            "mamba_type": cls.mamba_type,
+            "dtypes": [str(d).removeprefix("torch.") for d in cls.supported_dtypes],
+            "devices": list(cls.supported_devices),
+        }

@@ -1,0 +1,40 @@
+"""The CPU platform."""
+
+from __future__ import annotations
+
+import platform as _py_platform
+from pathlib import Path
+
+import torch
+
+from mamba_backends.platform import Platform
+
+#: The backend class path per mamba type on CPU. Types not listed defer to the selector.
+CPU_BACKENDS: dict[str, str] = {}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return _py_platform.processor() or _py_platform.machine()
+
+
+class CpuPlatform(Platform):
+    """Host CPU. Serves the CPU package's backends; everything else defers to the default map."""
+
+    name = "cpu"
+    device_type = "cpu"
+    is_accelerator = False
+
+    def get_mamba_backend_cls(self, mamba_type: str, selected_backend: str | None) -> str | None:
+        # An explicit selection (e.g. a GDN backend for linear_attention) is the user's call.
+        if selected_backend is not None:
+            return None
+        return CPU_BACKENDS.get(mamba_type)
+
+    def device_name(self) -> str:
+        return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
