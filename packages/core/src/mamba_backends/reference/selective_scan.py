@@ -1,0 +1,10 @@
+"""Spec: Mamba1 selective scan (varlen prefill)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+
+def selective_scan_fn(*args: Any, **kwargs: Any) -> Any:
+    raise NotImplementedError("reference op selective_scan_fn is not implemented yet")
