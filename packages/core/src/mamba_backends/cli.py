@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_info = sub.add_parser("info", help="platform, device, packages and backend per mamba type")
     p_info.add_argument("--json", action="store_true", help="machine-readable output")
     p_info.set_defaults(func=_cmd_info)
+
+    # Subcommands that live in their own modules, imported only when run.
+    from mamba_backends.bench.cli import add_bench_parser
+    from mamba_backends.testing.cli import add_check_parser
+
+    add_check_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

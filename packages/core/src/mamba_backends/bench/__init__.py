@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of the current platform's ops against baselines."""

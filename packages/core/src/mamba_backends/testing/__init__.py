@@ -1,0 +1,1 @@
+"""The conformance kit: checks any backend's ops against the executable spec."""
