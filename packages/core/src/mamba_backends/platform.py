@@ -131,7 +131,7 @@ def discover_platform(eps: Iterable[metadata.EntryPoint] | None = None) -> Platf
             )
         try:
             cls = _load_platform(matches[0])
-        except Exception as e:  # noqa: BLE001 - explicit requests always raise
+        except Exception as e:
             raise PlatformError(
                 f"platform {requested!r} was requested by {PLATFORM_ENV} but failed to load: "
                 f"{type(e).__name__}: {e}"
@@ -148,10 +148,13 @@ def discover_platform(eps: Iterable[metadata.EntryPoint] | None = None) -> Platf
     for ep in plugins:
         try:
             cls = _load_platform(ep)
-        except Exception as e:  # noqa: BLE001 - fall back, warn once
+        except Exception as e:
             reason = f"{type(e).__name__}: {e}"
             skipped.append(f"{ep.name}: {reason}")
-            msg = f"mamba-backends: platform plugin {ep.name!r} failed to load and is skipped ({reason})"
+            msg = (
+                f"mamba-backends: platform plugin {ep.name!r} failed to load and is skipped "
+                f"({reason})"
+            )
             logger.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             continue

@@ -97,7 +97,7 @@ def _selected_path(selected_backend: str) -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_select(mamba_type: str, selected_backend: str | None) -> BackendChoice:
     platform = get_current_platform()
     path = platform.get_mamba_backend_cls(mamba_type, selected_backend)

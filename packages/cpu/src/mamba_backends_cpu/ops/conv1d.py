@@ -1,14 +1,357 @@
-"""CPU kernels: causal depthwise conv1d, prefill (varlen) and decode."""
+"""CPU kernels: causal depthwise conv1d, prefill (varlen) and decode.
+
+Both ops keep vLLM 0.32's signatures. The conv state of a request holds the last ``W-1`` inputs
+(columns ``[:, :W-1]`` of a ``(dim, state_len)`` slot, ``state_len >= W-1``); it may be any
+strided view, e.g. the ``(dim, W-1)`` transpose of a ``(W-1, dim)`` page.
+
+Prefill runs the whole packed batch as one long sequence with ``W`` shifted multiply-adds in
+token-major ``(T, dim)`` layout, then recomputes only the first ``W-1`` outputs of every
+sequence from its initial state (the only outputs that see a sequence boundary). States are
+gathered and written back with advanced indexing, so pad (``-1``) and null (``0``) slots are
+never read as inputs nor written.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mamba_backends_cpu.ops._common import (
+    as_index,
+    call_validator,
+    compute_dtype,
+    require,
+    silu_name,
+    slot_mask,
+)
+
+PAD_SLOT_ID = -1
+NULL_BLOCK_ID = 0
 
 
+def _gather_states(conv_states: Tensor, slots: Tensor, K: int, ctype: torch.dtype) -> Tensor:
+    """``(B, K, dim)`` states of ``slots`` (already clamped to valid ids) in ``ctype``."""
+    return conv_states.transpose(1, 2)[slots, :K, :].to(ctype)
 
-def causal_conv1d_fn(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("cpu op causal_conv1d_fn is not implemented yet")
+
+def _write_states(conv_states: Tensor, slots: Tensor, new: Tensor) -> None:
+    """Write ``new`` ``(b, K, dim)`` into columns ``[:K]`` of ``conv_states[slots]`` in place."""
+    K = new.shape[1]
+    view = conv_states.transpose(1, 2)[:, :K, :]
+    view.index_put_((slots,), new.to(conv_states.dtype))
 
 
-def causal_conv1d_update(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("cpu op causal_conv1d_update is not implemented yet")
+def _varlen_conv(
+    xT: Tensor, wT: Tensor, bias: Tensor | None, init: Tensor, qsl: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Causal depthwise conv over packed sequences, token-major.
+
+    Args:
+        xT: ``(T, dim)`` inputs in the compute dtype.
+        wT: ``(W, dim)`` taps; tap ``W-1`` multiplies the current token.
+        bias: ``(dim,)`` or None.
+        init: ``(B, W-1, dim)`` initial states (zeros where a sequence has none).
+        qsl: ``(B+1,)`` int64 offsets.
+
+    Returns:
+        ``out (T, dim)`` before activation, and ``final (B, W-1, dim)`` last ``W-1`` inputs.
+    """
+    T, dim = xT.shape
+    W = wT.shape[0]
+    K = W - 1
+    Bn = qsl.numel() - 1
+    if bias is not None:
+        out = torch.addcmul(bias, xT, wT[K])
+    else:
+        out = xT * wT[K]
+    for k in range(K):
+        s = K - k
+        if s < T:
+            out[s:].addcmul_(xT[: T - s], wT[k])
+    if K == 0:
+        return out, init
+    starts = qsl[:-1]
+    lens = qsl[1:] - starts
+    # ext[b] = [init_b (K rows), first K tokens of b (zero past its end)]
+    j = torch.arange(K, dtype=torch.int64)
+    tok = starts[:, None] + j[None, :]  # (B, K)
+    in_seq = j[None, :] < lens[:, None]
+    head_x = xT[tok.clamp(max=max(T - 1, 0))] * in_seq[..., None]
+    ext = torch.cat([init, head_x], dim=1)  # (B, 2K, dim)
+    head = ext[:, K:].mul(wT[K])
+    for k in range(K):
+        head.addcmul_(ext[:, k : k + K], wT[k])
+    if bias is not None:
+        head.add_(bias)
+    rows = tok[in_seq]
+    out.index_copy_(0, rows, head[in_seq])
+    # final[b, i] = [init_b, x_b][len_b + i]
+    pos = lens[:, None] + j[None, :]  # (B, K) position in [init, x]
+    from_x = pos >= K
+    x_rows = (starts[:, None] + pos - K).clamp(min=0, max=max(T - 1, 0))
+    init_rows = pos.clamp(max=K - 1)
+    final = torch.where(
+        from_x[..., None],
+        xT[x_rows] if T > 0 else torch.zeros_like(init),
+        torch.gather(init, 1, init_rows[..., None].expand(Bn, K, dim)),
+    )
+    return out, final
+
+
+def causal_conv1d_fn(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    conv_states: Tensor,
+    query_start_loc: Tensor,
+    cache_indices: Tensor | None = None,
+    has_initial_state: Tensor | None = None,
+    activation: str | None = "silu",
+    pad_slot_id: int = PAD_SLOT_ID,
+    null_block_id: int = NULL_BLOCK_ID,
+    block_idx_first_scheduled_token: Tensor | None = None,
+    block_idx_last_scheduled_token: Tensor | None = None,
+    initial_state_idx: Tensor | None = None,
+    num_computed_tokens: Tensor | None = None,
+    block_size_to_align: int = 0,
+    metadata: object = None,
+    validate_data: bool = False,
+) -> Tensor:
+    """Varlen causal depthwise conv1d (prefill) with in-place conv state update.
+
+    Args:
+        x: ``(dim, T)`` packed tokens (channel-last ``stride(0) == 1`` is fastest).
+        weight: ``(dim, W)``.
+        bias: ``(dim,)`` or None.
+        conv_states: ``(slots, dim, state_len >= W-1)``, any strides; slot ``cache_indices[b]``
+            is read when ``has_initial_state[b]`` and its first ``W-1`` columns are overwritten
+            with the last ``W-1`` inputs of sequence ``b``.
+        query_start_loc: ``(B+1,)`` token offsets.
+        cache_indices: ``(B,)`` slots (identity when None); pad/null entries are skipped.
+        has_initial_state: ``(B,)`` bool, or None (no initial states).
+        activation: None, ``"silu"``/``"swish"`` or a bool.
+
+    Returns:
+        ``(dim, T)`` in ``x.dtype``; tokens of skipped sequences are zero.
+    """
+    call_validator(
+        "validate_causal_conv1d_fn",
+        x,
+        weight,
+        bias,
+        conv_states,
+        query_start_loc,
+        cache_indices=cache_indices,
+        has_initial_state=has_initial_state,
+        activation=activation,
+    )
+    for name, val in (
+        ("block_idx_first_scheduled_token", block_idx_first_scheduled_token),
+        ("block_idx_last_scheduled_token", block_idx_last_scheduled_token),
+        ("initial_state_idx", initial_state_idx),
+        ("num_computed_tokens", num_computed_tokens),
+    ):
+        if val is not None:
+            raise NotImplementedError(f"causal_conv1d_fn: {name} (prefix caching) is not supported")
+    use_silu = silu_name(activation)
+    require(x.dim() == 2, f"x must be (dim, T), got shape {tuple(x.shape)}")
+    require(weight.dim() == 2, f"weight must be (dim, W), got shape {tuple(weight.shape)}")
+    dim, T = x.shape
+    W = weight.shape[1]
+    K = W - 1
+    require(weight.shape[0] == dim, f"weight has {weight.shape[0]} channels, x has {dim}")
+    require(bias is None or tuple(bias.shape) == (dim,), "bias must be (dim,)")
+    require(
+        conv_states.dim() == 3 and conv_states.shape[1] == dim and conv_states.shape[2] >= K,
+        f"conv_states must be (slots, {dim}, >= {K}), got {tuple(conv_states.shape)}",
+    )
+    require(query_start_loc.dim() == 1, "query_start_loc must be 1-D")
+    qsl = as_index(query_start_loc, "query_start_loc").cpu()
+    Bn = qsl.numel() - 1
+    require(Bn >= 0 and int(qsl[0]) == 0, "query_start_loc must start at 0")
+    require(int(qsl[-1]) == T, f"query_start_loc ends at {int(qsl[-1])}, x has {T} tokens")
+    require(bool((qsl[1:] >= qsl[:-1]).all()), "query_start_loc must be non-decreasing")
+    if cache_indices is not None:
+        require(
+            cache_indices.dim() == 1 and cache_indices.numel() == Bn,
+            f"cache_indices must be ({Bn},), got {tuple(cache_indices.shape)}",
+        )
+        slots = as_index(cache_indices, "cache_indices")
+        valid = slot_mask(slots, conv_states.shape[0], pad_slot_id, null_block_id, "cache_indices")
+    else:
+        require(Bn <= conv_states.shape[0], "conv_states has fewer slots than sequences")
+        slots = torch.arange(Bn, dtype=torch.int64)
+        valid = torch.ones(Bn, dtype=torch.bool)
+    if has_initial_state is not None:
+        require(
+            has_initial_state.numel() == Bn,
+            f"has_initial_state must be ({Bn},), got {tuple(has_initial_state.shape)}",
+        )
+    lens = qsl[1:] - qsl[:-1]
+    write = valid & (lens > 0)
+
+    ctype = compute_dtype(x, conv_states)
+    xs = x if x.dtype == conv_states.dtype else x.to(conv_states.dtype)
+    xT = xs.t().to(ctype)
+    if not xT.is_contiguous():
+        xT = xT.contiguous()
+    wT = weight.t().to(ctype).contiguous()
+    b = bias.to(ctype) if bias is not None else None
+    safe = torch.where(valid, slots, torch.zeros_like(slots)).clamp(0, conv_states.shape[0] - 1)
+    if has_initial_state is not None and K > 0 and Bn > 0:
+        use_init = has_initial_state.reshape(-1).to(torch.bool) & valid
+        init = _gather_states(conv_states, safe, K, ctype) * use_init[:, None, None]
+    else:
+        init = torch.zeros(Bn, K, dim, dtype=ctype)
+    out, final = _varlen_conv(xT, wT, b, init, qsl)
+    if not bool(valid.all()):
+        seq_of_tok = torch.repeat_interleave(torch.arange(Bn), lens, output_size=T)
+        out.mul_(valid[seq_of_tok][:, None])
+    if use_silu:
+        F.silu(out, inplace=True)
+    if K > 0 and bool(write.any()):
+        _write_states(conv_states, slots[write], final[write])
+    return out.to(x.dtype).t()
+
+
+def causal_conv1d_update(
+    x: Tensor,
+    conv_state: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    activation: bool | str | None = None,
+    conv_state_indices: Tensor | None = None,
+    num_accepted_tokens: Tensor | None = None,
+    query_start_loc: Tensor | None = None,
+    max_query_len: int = -1,
+    null_block_id: int = NULL_BLOCK_ID,
+    block_idx_last_scheduled_token: Tensor | None = None,
+    initial_state_idx: Tensor | None = None,
+    validate_data: bool = False,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Causal conv1d decode step(s), conv state updated in place.
+
+    Args:
+        x: ``(batch, dim)``, ``(batch, dim, seqlen)``, or ``(num_tokens, dim)`` with
+            ``query_start_loc``.
+        conv_state: ``(slots, dim, state_len >= W-1)``, any strides.
+        weight: ``(dim, W)``.
+        bias: ``(dim,)`` or None.
+        conv_state_indices: ``(batch,)`` slots (identity when None); null (and pad) entries
+            are skipped: their state is untouched and their output rows are not written.
+        query_start_loc: ``(batch+1,)`` offsets for the varlen form.
+        out: optional output like ``x``; when None, ``x`` is overwritten (vLLM's rule).
+
+    Returns:
+        The output, shaped like ``x``, in ``x.dtype``.
+    """
+    call_validator(
+        "validate_causal_conv1d_update",
+        x,
+        conv_state,
+        weight,
+        bias=bias,
+        activation=activation,
+        conv_state_indices=conv_state_indices,
+        query_start_loc=query_start_loc,
+        out=out,
+    )
+    if num_accepted_tokens is not None:
+        raise NotImplementedError("causal_conv1d_update: num_accepted_tokens is not supported")
+    for name, val in (
+        ("block_idx_last_scheduled_token", block_idx_last_scheduled_token),
+        ("initial_state_idx", initial_state_idx),
+    ):
+        if val is not None:
+            raise NotImplementedError(
+                f"causal_conv1d_update: {name} (prefix caching) is not supported"
+            )
+    use_silu = silu_name(activation)
+    require(weight.dim() == 2, f"weight must be (dim, W), got shape {tuple(weight.shape)}")
+    dim, W = weight.shape
+    K = W - 1
+    require(
+        conv_state.dim() == 3 and conv_state.shape[1] == dim and conv_state.shape[2] >= K,
+        f"conv_state must be (slots, {dim}, >= {K}), got {tuple(conv_state.shape)}",
+    )
+    require(bias is None or tuple(bias.shape) == (dim,), "bias must be (dim,)")
+    if out is not None:
+        require(out.shape == x.shape, f"out shape {tuple(out.shape)} must match x {tuple(x.shape)}")
+        require(out.dtype == x.dtype, "out must have x's dtype")
+    # Token-major view of the inputs and per-request offsets.
+    if query_start_loc is not None:
+        require(x.dim() == 2 and x.shape[1] == dim, f"varlen x must be (num_tokens, {dim})")
+        require(conv_state_indices is not None, "varlen form needs conv_state_indices")
+        qsl = as_index(query_start_loc, "query_start_loc").cpu()
+        batch = qsl.numel() - 1
+        xT = x
+    elif x.dim() == 2:
+        require(x.shape[1] == dim, f"x must be (batch, {dim}), got {tuple(x.shape)}")
+        batch = x.shape[0]
+        qsl = None
+        xT = x
+    else:
+        require(x.dim() == 3 and x.shape[1] == dim, f"x must be (batch, {dim}, seqlen)")
+        batch, _, L = x.shape
+        qsl = torch.arange(batch + 1, dtype=torch.int64) * L
+        xT = x.transpose(1, 2).reshape(batch * L, dim)
+    if conv_state_indices is not None:
+        idx = conv_state_indices[:, 0] if conv_state_indices.dim() == 2 else conv_state_indices
+        require(idx.numel() == batch, f"conv_state_indices must have {batch} rows")
+        slots = as_index(idx, "conv_state_indices").reshape(-1)
+        valid = slot_mask(slots, conv_state.shape[0], PAD_SLOT_ID, null_block_id, "conv_state_indices")
+    else:
+        require(batch <= conv_state.shape[0], "conv_state has fewer slots than the batch")
+        slots = torch.arange(batch, dtype=torch.int64)
+        valid = torch.ones(batch, dtype=torch.bool)
+    all_valid = bool(valid.all())
+    slots_v = slots if all_valid else slots[valid]
+
+    ctype = compute_dtype(x, conv_state)
+    xs = xT if xT.dtype == conv_state.dtype else xT.to(conv_state.dtype)
+    wT = weight.t().to(ctype)
+    b = bias.to(ctype) if bias is not None else None
+    init = _gather_states(conv_state, slots_v, K, ctype)  # (b, K, dim)
+    if qsl is None:
+        xv = (xs if all_valid else xs[valid]).to(ctype)  # (b, dim)
+        y = xv * wT[K]
+        if b is not None:
+            y.add_(b)
+        for k in range(K):
+            y.addcmul_(init[:, k], wT[k])
+        new = torch.cat([init[:, 1:], xv[:, None]], dim=1) if K > 0 else init
+        tok_rows = None if all_valid else valid.nonzero().reshape(-1)
+    else:
+        lens = qsl[1:] - qsl[:-1]
+        keep = valid & (lens > 0)
+        starts, lens_k = qsl[:-1][keep], lens[keep]
+        qsl_k = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens_k, 0)])
+        tok_rows = torch.repeat_interleave(starts - qsl_k[:-1], lens_k) + torch.arange(
+            int(qsl_k[-1])
+        )
+        xv = xs[tok_rows].to(ctype)
+        init = init[keep[valid]] if not all_valid else init[keep]
+        y, new = _varlen_conv(xv, wT.contiguous(), b, init, qsl_k)
+        slots_v = slots[keep]
+    if use_silu:
+        F.silu(y, inplace=True)
+    if K > 0 and slots_v.numel():
+        _write_states(conv_state, slots_v, new)
+    # Output: into `out`, else into x (in place) when x already has the state dtype.
+    if out is None:
+        res = x if x.dtype == conv_state.dtype else x.to(conv_state.dtype).to(x.dtype)
+    else:
+        res = out
+    resT = res if x.dim() == 2 else res.transpose(1, 2)
+    y = y.to(x.dtype)
+    if x.dim() == 3:
+        assert tok_rows is not None
+        L = resT.shape[1]
+        resT[tok_rows // L, tok_rows % L] = y
+    elif tok_rows is None:
+        resT.copy_(y)
+    else:
+        resT.index_copy_(0, tok_rows, y)
+    return res

@@ -1,0 +1,262 @@
+"""The seam manifest: every vLLM symbol this plugin touches, in one place.
+
+This module is data only (it imports nothing from vLLM). ``tests/test_seams.py`` resolves every
+entry against the installed vLLM and fails naming the seam when vLLM moves one, and
+:mod:`mamba_backends_vllm._plugin` reads :data:`ROUTES` to decide what to rebind.
+
+Adding a layer family (GDN, lightning attention) is one :class:`KernelRoute` entry: the layer
+module, the names under which that module imported its kernels, and the op names of our backend
+that replace them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The vLLM versions this plugin is tested against: ``MIN <= version < MAX_EXCLUSIVE``.
+#: The release part only is compared (``0.32.0+cpu`` is 0.32.0). Outside it the plugin stays off.
+SUPPORTED_VLLM_MIN: tuple[int, int, int] = (0, 32, 0)
+SUPPORTED_VLLM_MAX_EXCLUSIVE: tuple[int, int, int] = (0, 33, 0)
+SUPPORTED_VLLM_RANGE = ">=0.32.0,<0.33"
+
+_L = "vllm.model_executor.layers.mamba"
+_B = "vllm.v1.attention.backends"
+
+
+@dataclass(frozen=True)
+class Seam:
+    """One vLLM symbol the plugin relies on.
+
+    Attributes:
+        module: dotted module path in vLLM.
+        symbol: attribute path inside ``module`` (dots allowed: ``Class.method``).
+        why: what the plugin does with it.
+        versions: the vLLM versions it was verified on.
+    """
+
+    module: str
+    symbol: str
+    why: str
+    versions: str = SUPPORTED_VLLM_RANGE
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}:{self.symbol}"
+
+
+@dataclass(frozen=True)
+class KernelRoute:
+    """How one vLLM mamba layer's kernels are routed to a mamba-backends backend.
+
+    Attributes:
+        mamba_type: our mamba type (``get_mamba_backend(mamba_type)`` picks the backend).
+        enum_member: the ``MambaAttentionBackendEnum`` member the layer reports.
+        layer_module: the module that defines the layer and imported its kernels.
+        layer_class: the in-tree layer class name (the ``PluggableLayer`` OOT key).
+        kernels: ``(name in layer_module, our op name)`` pairs; each module global is rebound
+            to ``Backend.ops().<op name>``.
+        vllm_backend: ``(module, backend class, metadata class, builder class)`` of vLLM's
+            attention backend for the member; ours subclasses them.
+        oot_layer: ``module:Class`` of an OOT subclass registered for ``layer_class``, or None.
+        active: False for a route written down but not switched on yet (reason in ``note``).
+        note: why the route is inactive, or anything a maintainer must know.
+    """
+
+    mamba_type: str
+    enum_member: str
+    layer_module: str
+    layer_class: str
+    kernels: tuple[tuple[str, str], ...]
+    vllm_backend: tuple[str, str, str, str]
+    oot_layer: str | None = None
+    active: bool = True
+    note: str = ""
+    versions: str = SUPPORTED_VLLM_RANGE
+
+
+ROUTES: tuple[KernelRoute, ...] = (
+    KernelRoute(
+        mamba_type="mamba1",
+        enum_member="MAMBA1",
+        layer_module=f"{_L}.mamba_mixer",
+        layer_class="MambaMixer",
+        kernels=(
+            ("causal_conv1d_fn", "causal_conv1d_fn"),
+            ("causal_conv1d_update", "causal_conv1d_update"),
+            ("selective_scan_fn", "selective_scan_fn"),
+            ("selective_state_update", "selective_state_update"),
+        ),
+        vllm_backend=(
+            f"{_B}.mamba1_attn",
+            "Mamba1AttentionBackend",
+            "Mamba1AttentionMetadata",
+            "Mamba1AttentionMetadataBuilder",
+        ),
+    ),
+    KernelRoute(
+        mamba_type="mamba2",
+        enum_member="MAMBA2",
+        layer_module=f"{_L}.mamba_mixer2",
+        layer_class="MambaMixer2",
+        kernels=(
+            ("causal_conv1d_fn", "causal_conv1d_fn"),
+            ("causal_conv1d_update", "causal_conv1d_update"),
+            ("mamba_chunk_scan_combined_varlen", "mamba_chunk_scan_combined_varlen"),
+            ("selective_state_update", "selective_state_update"),
+        ),
+        vllm_backend=(
+            f"{_B}.mamba2_attn",
+            "Mamba2AttentionBackend",
+            "Mamba2AttentionMetadata",
+            "Mamba2AttentionMetadataBuilder",
+        ),
+    ),
+    KernelRoute(
+        mamba_type="short_conv",
+        enum_member="SHORT_CONV",
+        layer_module=f"{_L}.short_conv",
+        layer_class="ShortConv",
+        kernels=(
+            ("causal_conv1d_fn", "causal_conv1d_fn"),
+            ("causal_conv1d_update", "causal_conv1d_update"),
+        ),
+        vllm_backend=(
+            f"{_B}.short_conv_attn",
+            "ShortConvAttentionBackend",
+            "ShortConvAttentionMetadata",
+            "ShortConvAttentionMetadataBuilder",
+        ),
+        # On CPU, ShortConv.forward_native imports vLLM's CPU conv at call time (no module
+        # global to rebind); the OOT subclass sends CPU through the kernel-agnostic
+        # forward_cuda body, which calls the rebound module globals.
+        oot_layer="mamba_backends_vllm.layers:RoutedShortConv",
+    ),
+    KernelRoute(
+        mamba_type="gdn",
+        enum_member="GDN_ATTN",
+        layer_module=f"{_L}.gdn.qwen_gdn_linear_attn",
+        layer_class="QwenGatedDeltaNetAttention",
+        kernels=(
+            ("causal_conv1d_fn", "causal_conv1d_fn"),
+            ("causal_conv1d_update", "causal_conv1d_update"),
+            ("fla_chunk_gated_delta_rule", "chunk_gated_delta_rule"),
+        ),
+        vllm_backend=(
+            f"{_B}.gdn_attn",
+            "GDNAttentionBackend",
+            "GDNAttentionMetadata",
+            "GDNAttentionMetadataBuilder",
+        ),
+        active=False,
+        note="inactive: the decode path calls fused kernels with no op of ours "
+        "(fused_recurrent_gated_delta_rule_packed_decode, fused_sigmoid_gating_delta_rule_update) "
+        "and the CPU path branches on is_cpu() inside the layer, so GDN needs an OOT layer; "
+        "GDNAttentionMetadataBuilder has no metadata_cls hook either",
+    ),
+    KernelRoute(
+        mamba_type="linear_attention",
+        enum_member="LINEAR",
+        layer_module=f"{_L}.linear.minimax_linear_attn",
+        layer_class="MiniMaxText01LinearAttention",
+        kernels=(
+            ("lightning_attention", "lightning_attention"),
+            ("linear_decode_forward_triton", "linear_decode_forward"),
+        ),
+        vllm_backend=(
+            f"{_B}.linear_attn",
+            "LinearAttentionBackend",
+            "LinearAttentionMetadata",
+            "LinearAttentionMetadataBuilder",
+        ),
+        active=False,
+        note="inactive until the lightning ops land in core and an e2e test covers them "
+        "(LinearAttentionMetadataBuilder has no metadata_cls hook)",
+    ),
+)
+
+#: Every other vLLM symbol the plugin touches.
+SEAMS: tuple[Seam, ...] = (
+    Seam("vllm", "__version__", "version gate against SUPPORTED_VLLM_RANGE"),
+    Seam("vllm.plugins", "DEFAULT_PLUGINS_GROUP", "our entry point group (vllm.general_plugins)"),
+    Seam("vllm.platforms", "current_platform", "map vLLM's platform to ours"),
+    Seam("vllm.platforms.interface", "Platform.is_cpu", "platform mapping: cpu"),
+    Seam("vllm.platforms.interface", "Platform.is_cuda", "platform mapping: cuda"),
+    Seam("vllm.platforms.interface", "Platform.is_rocm", "platform mapping: rocm"),
+    Seam("vllm.platforms.interface", "Platform.is_xpu", "platform mapping: xpu"),
+    Seam(
+        f"{_B}.registry",
+        "register_backend",
+        "register our attention backend per MambaAttentionBackendEnum member (is_mamba=True)",
+    ),
+    Seam(
+        f"{_B}.registry",
+        "MambaAttentionBackendEnum.get_path",
+        "routing_table() reports which class path vLLM resolves per member",
+    ),
+    Seam(
+        f"{_B}.registry",
+        "MambaAttentionBackendEnum.clear_override",
+        "unregister() restores vLLM's own backends",
+    ),
+    Seam(
+        f"{_B}.mamba_attn",
+        "BaseMambaAttentionMetadataBuilder.metadata_cls",
+        "our builders set metadata_cls to a subclass of the metadata the layers assert",
+    ),
+    Seam(
+        "vllm.model_executor.custom_op",
+        "PluggableLayer.register_oot",
+        "register the OOT ShortConv subclass, keyed by the in-tree class name",
+    ),
+    Seam(
+        "vllm.model_executor.custom_op",
+        "op_registry_oot",
+        "re-entrancy: do not register an OOT layer twice (register_oot asserts)",
+    ),
+    Seam(
+        f"{_L}.short_conv",
+        "ShortConv.forward_native",
+        "CPU entry of ShortConv; the OOT subclass overrides it",
+    ),
+    Seam(
+        f"{_L}.short_conv",
+        "ShortConv.forward_cuda",
+        "kernel-agnostic ShortConv body that calls the rebound module globals",
+    ),
+)
+
+
+def active_routes() -> tuple[KernelRoute, ...]:
+    """The routes the plugin switches on."""
+    return tuple(r for r in ROUTES if r.active)
+
+
+def all_seams() -> tuple[Seam, ...]:
+    """Every seam, the routes' layer classes, kernel globals and attention classes included."""
+    seams = list(SEAMS)
+    for r in ROUTES:
+        tag = "" if r.active else " [inactive route]"
+        seams.append(
+            Seam(r.layer_module, r.layer_class, f"{r.mamba_type} layer class{tag}", r.versions)
+        )
+        for symbol, op in r.kernels:
+            seams.append(
+                Seam(
+                    r.layer_module,
+                    symbol,
+                    f"rebound to Backend.ops().{op} ({r.mamba_type}){tag}",
+                    r.versions,
+                )
+            )
+        module, backend, meta, builder = r.vllm_backend
+        for cls in (backend, meta, builder):
+            seams.append(Seam(module, cls, f"subclassed for {r.mamba_type}{tag}", r.versions))
+        seams.append(
+            Seam(
+                f"{_B}.registry",
+                f"MambaAttentionBackendEnum.{r.enum_member}",
+                f"registered for {r.mamba_type}{tag}",
+                r.versions,
+            )
+        )
+    return tuple(seams)
