@@ -42,7 +42,7 @@ def collect_info() -> dict[str, Any]:
     for mamba_type in MAMBA_TYPES:
         try:
             choice = select_mamba_backend(mamba_type)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - report it and keep going
             backends[mamba_type] = {"error": f"{type(e).__name__}: {e}"}
             continue
         backends[mamba_type] = {

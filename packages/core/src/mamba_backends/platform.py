@@ -148,7 +148,7 @@ def discover_platform(eps: Iterable[metadata.EntryPoint] | None = None) -> Platf
     for ep in plugins:
         try:
             cls = _load_platform(ep)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - fall back with one warning
             reason = f"{type(e).__name__}: {e}"
             skipped.append(f"{ep.name}: {reason}")
             msg = (
