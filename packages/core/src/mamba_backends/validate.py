@@ -28,19 +28,12 @@ from torch import Tensor
 from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
 
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (
-    torch.float16,
-    torch.bfloat16,
-    torch.float32,
-    torch.float64,
-)
+    torch.float16, torch.bfloat16, torch.float32, torch.float64,
+)  # fmt: skip
 INDEX_DTYPES: tuple[torch.dtype, ...] = (torch.int32, torch.int64)
 FLAG_DTYPES: tuple[torch.dtype, ...] = (
-    torch.bool,
-    torch.int8,
-    torch.uint8,
-    torch.int32,
-    torch.int64,
-)
+    torch.bool, torch.int8, torch.uint8, torch.int32, torch.int64,
+)  # fmt: skip
 ACTIVATIONS = (None, "silu", "swish")
 
 
@@ -185,12 +178,6 @@ def check_optional_vector(
         check_tensor(op, name, t, shape=(size,), dtypes=FLOAT_DTYPES, device=device)
 
 
-def check_same_device(op: str, device: torch.device, **tensors: Tensor | None) -> None:
-    for name, t in tensors.items():
-        if t is not None and isinstance(t, Tensor) and t.device != device:
-            raise _fail(op, name, f"must be on device {device}, got {t.device}")
-
-
 def check_not_supported(op: str, **args: object) -> None:
     """Raise ``NotImplementedError`` naming the first argument that is set (not None)."""
     for name, value in args.items():
@@ -203,38 +190,37 @@ def check_not_supported(op: str, **args: object) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def check_causal_conv1d_fn_args(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    conv_states: Tensor,
-    query_start_loc: Tensor,
-    cache_indices: Tensor | None = None,
-    has_initial_state: Tensor | None = None,
-    activation: object = "silu",
-    pad_slot_id: int | None = PAD_SLOT_ID,
-    null_block_id: int | None = NULL_BLOCK_ID,
-    *,
-    check_values: bool | None = None,
-) -> None:
-    """x (dim, T); weight (dim, W); conv_states (slots, dim, >= W-1); query_start_loc (B+1,)."""
-    op = "causal_conv1d_fn"
-    check_tensor(op, "x", x, ndim=2, dtypes=FLOAT_DTYPES)
-    dim, total = x.shape
-    dev = x.device
+def _check_conv_weights_and_state(
+    op: str, dim: int, weight: Tensor, bias: Tensor | None, state_name: str, state: Tensor,
+    dev: torch.device,
+) -> int:  # fmt: skip
+    """weight (dim, W >= 2), bias (dim,), state (slots, dim, >= W-1) writable; returns W."""
     check_tensor(op, "weight", weight, shape=(dim, None), dtypes=FLOAT_DTYPES, device=dev)
     width = weight.shape[1]
     if width < 2:
         raise _fail(op, "weight", f"width must be >= 2, got {width}")
     check_optional_vector(op, "bias", bias, dim, dev)
-    check_tensor(op, "conv_states", conv_states, ndim=3, dtypes=FLOAT_DTYPES, device=dev)
-    if conv_states.shape[1] != dim or conv_states.shape[2] < width - 1:
-        raise _fail(
-            op,
-            "conv_states",
-            f"must have shape (slots, {dim}, >= {width - 1}), got {tuple(conv_states.shape)}",
-        )
-    check_writable_state(op, "conv_states", conv_states)
+    check_tensor(op, state_name, state, ndim=3, dtypes=FLOAT_DTYPES, device=dev)
+    if state.shape[1] != dim or state.shape[2] < width - 1:
+        want = f"(slots, {dim}, >= {width - 1})"
+        raise _fail(op, state_name, f"must have shape {want}, got {tuple(state.shape)}")
+    check_writable_state(op, state_name, state)
+    return width
+
+
+def check_causal_conv1d_fn_args(
+    x: Tensor, weight: Tensor, bias: Tensor | None, conv_states: Tensor,
+    query_start_loc: Tensor, cache_indices: Tensor | None = None,
+    has_initial_state: Tensor | None = None, activation: object = "silu",
+    pad_slot_id: int | None = PAD_SLOT_ID, null_block_id: int | None = NULL_BLOCK_ID, *,
+    check_values: bool | None = None,
+) -> None:  # fmt: skip
+    """x (dim, T); weight (dim, W); conv_states (slots, dim, >= W-1); query_start_loc (B+1,)."""
+    op = "causal_conv1d_fn"
+    check_tensor(op, "x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    dim, total = x.shape
+    dev = x.device
+    _check_conv_weights_and_state(op, dim, weight, bias, "conv_states", conv_states, dev)
     normalize_activation(op, activation)
     values = _want_values(check_values, query_start_loc, cache_indices, has_initial_state)
     check_tensor(op, "query_start_loc", query_start_loc, device=dev)
@@ -244,43 +230,25 @@ def check_causal_conv1d_fn_args(
     if cache_indices is not None:
         check_tensor(op, "cache_indices", cache_indices, shape=(batch,), device=dev)
         check_slot_indices(
-            op,
-            "cache_indices",
-            cache_indices,
-            num_slots,
-            pad_slot_id=pad_slot_id,
-            null_block_id=null_block_id,
-            check_values=values,
-            unique=True,
-        )
+            op, "cache_indices", cache_indices, num_slots, pad_slot_id=pad_slot_id,
+            null_block_id=null_block_id, check_values=values, unique=True,
+        )  # fmt: skip
     elif num_slots < batch:
         raise _fail(op, "conv_states", f"needs >= {batch} slots without cache_indices")
     if has_initial_state is not None:
         check_tensor(
-            op,
-            "has_initial_state",
-            has_initial_state,
-            shape=(batch,),
-            dtypes=FLAG_DTYPES,
+            op, "has_initial_state", has_initial_state, shape=(batch,), dtypes=FLAG_DTYPES,
             device=dev,
-        )
+        )  # fmt: skip
 
 
 def check_causal_conv1d_update_args(
-    x: Tensor,
-    conv_state: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    activation: object = None,
-    conv_state_indices: Tensor | None = None,
-    num_accepted_tokens: Tensor | None = None,
-    query_start_loc: Tensor | None = None,
-    null_block_id: int | None = NULL_BLOCK_ID,
-    out: Tensor | None = None,
-    *,
-    pad_slot_id: int | None = PAD_SLOT_ID,
-    check_values: bool | None = None,
-) -> None:
+    x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
+    activation: object = None, conv_state_indices: Tensor | None = None,
+    num_accepted_tokens: Tensor | None = None, query_start_loc: Tensor | None = None,
+    null_block_id: int | None = NULL_BLOCK_ID, out: Tensor | None = None, *,
+    pad_slot_id: int | None = PAD_SLOT_ID, check_values: bool | None = None,
+) -> None:  # fmt: skip
     """x (B, dim) | (B, dim, S) | varlen (T, dim) with query_start_loc (B+1,);
     conv_state (slots, dim, state_len >= W-1 [+ S-1 with num_accepted_tokens])."""
     op = "causal_conv1d_update"
@@ -292,19 +260,7 @@ def check_causal_conv1d_update_args(
             op, "x", f"must be (num_tokens, dim) with query_start_loc, got {tuple(x.shape)}"
         )
     dim = x.shape[1]
-    check_tensor(op, "weight", weight, shape=(dim, None), dtypes=FLOAT_DTYPES, device=dev)
-    width = weight.shape[1]
-    if width < 2:
-        raise _fail(op, "weight", f"width must be >= 2, got {width}")
-    check_optional_vector(op, "bias", bias, dim, dev)
-    check_tensor(op, "conv_state", conv_state, ndim=3, dtypes=FLOAT_DTYPES, device=dev)
-    if conv_state.shape[1] != dim or conv_state.shape[2] < width - 1:
-        raise _fail(
-            op,
-            "conv_state",
-            f"must have shape (slots, {dim}, >= {width - 1}), got {tuple(conv_state.shape)}",
-        )
-    check_writable_state(op, "conv_state", conv_state)
+    width = _check_conv_weights_and_state(op, dim, weight, bias, "conv_state", conv_state, dev)
     normalize_activation(op, activation)
     if out is not None:
         check_tensor(op, "out", out, shape=tuple(x.shape), dtypes=(x.dtype,), device=dev)
@@ -330,26 +286,16 @@ def check_causal_conv1d_update_args(
         # Only column 0 is a request's slot (a 2-D tensor carries spec-decode blocks beside it).
         col0 = conv_state_indices if conv_state_indices.dim() == 1 else conv_state_indices[:, 0]
         check_slot_indices(
-            op,
-            "conv_state_indices",
-            col0,
-            num_slots,
-            pad_slot_id=pad_slot_id,
-            null_block_id=null_block_id,
-            check_values=values,
-            unique=True,
-        )
+            op, "conv_state_indices", col0, num_slots, pad_slot_id=pad_slot_id,
+            null_block_id=null_block_id, check_values=values, unique=True,
+        )  # fmt: skip
     elif num_slots < batch:
         raise _fail(op, "conv_state", f"needs >= {batch} slots without conv_state_indices")
     if num_accepted_tokens is not None:
         check_tensor(
-            op,
-            "num_accepted_tokens",
-            num_accepted_tokens,
-            shape=(batch,),
-            dtypes=INDEX_DTYPES,
+            op, "num_accepted_tokens", num_accepted_tokens, shape=(batch,), dtypes=INDEX_DTYPES,
             device=dev,
-        )
+        )  # fmt: skip
         if values:
             acc = num_accepted_tokens.detach().to("cpu", torch.int64)
             if varlen:
@@ -376,23 +322,12 @@ def check_causal_conv1d_update_args(
 
 
 def check_selective_scan_args(
-    u: Tensor,
-    ssm_states: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    query_start_loc: Tensor | None = None,
-    cache_indices: Tensor | None = None,
-    has_initial_state: Tensor | None = None,
-    null_block_id: int | None = NULL_BLOCK_ID,
-    *,
-    pad_slot_id: int | None = PAD_SLOT_ID,
-    check_values: bool | None = None,
-) -> None:
+    u: Tensor, ssm_states: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    D: Tensor | None = None, z: Tensor | None = None, delta_bias: Tensor | None = None,
+    query_start_loc: Tensor | None = None, cache_indices: Tensor | None = None,
+    has_initial_state: Tensor | None = None, null_block_id: int | None = NULL_BLOCK_ID, *,
+    pad_slot_id: int | None = PAD_SLOT_ID, check_values: bool | None = None,
+) -> None:  # fmt: skip
     """Varlen: u/delta/z (dim, T), B/C (G, N, T) or (N, T). Batched: u (B, dim, L),
     B/C (B, G, N, L) or (B, N, L). A (dim, N); ssm_states (slots, dim, N)."""
     op = "selective_scan_fn"
@@ -441,26 +376,16 @@ def check_selective_scan_args(
     if cache_indices is not None:
         check_tensor(op, "cache_indices", cache_indices, shape=(batch,), device=dev)
         check_slot_indices(
-            op,
-            "cache_indices",
-            cache_indices,
-            num_slots,
-            pad_slot_id=pad_slot_id,
-            null_block_id=null_block_id,
-            check_values=values,
-            unique=True,
-        )
+            op, "cache_indices", cache_indices, num_slots, pad_slot_id=pad_slot_id,
+            null_block_id=null_block_id, check_values=values, unique=True,
+        )  # fmt: skip
     elif num_slots < batch:
         raise _fail(op, "ssm_states", f"needs >= {batch} slots without cache_indices")
     if has_initial_state is not None:
         check_tensor(
-            op,
-            "has_initial_state",
-            has_initial_state,
-            shape=(batch,),
-            dtypes=FLAG_DTYPES,
+            op, "has_initial_state", has_initial_state, shape=(batch,), dtypes=FLAG_DTYPES,
             device=dev,
-        )
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,25 +394,13 @@ def check_selective_scan_args(
 
 
 def check_selective_state_update_args(
-    state: Tensor,
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    dt_bias: Tensor | None = None,
-    z: Tensor | None = None,
-    state_batch_indices: Tensor | None = None,
-    dst_state_batch_indices: Tensor | None = None,
-    null_block_id: int | None = NULL_BLOCK_ID,
-    out: Tensor | None = None,
-    num_accepted_tokens: Tensor | None = None,
-    cu_seqlens: Tensor | None = None,
-    *,
-    pad_slot_id: int | None = PAD_SLOT_ID,
-    check_values: bool | None = None,
-) -> None:
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    D: Tensor | None = None, dt_bias: Tensor | None = None, z: Tensor | None = None,
+    state_batch_indices: Tensor | None = None, dst_state_batch_indices: Tensor | None = None,
+    null_block_id: int | None = NULL_BLOCK_ID, out: Tensor | None = None,
+    num_accepted_tokens: Tensor | None = None, cu_seqlens: Tensor | None = None, *,
+    pad_slot_id: int | None = PAD_SLOT_ID, check_values: bool | None = None,
+) -> None:  # fmt: skip
     """Heads form: state (slots, H, P, N), x/dt/z/out (T, H, P), A (H, P, N), B/C (T, G, N),
     D/dt_bias (H, P). Mamba1 form drops the H axis (state (slots, dim, N), x (T, dim), A (dim, N),
     B/C (T, N), D/dt_bias (dim,)). T is the batch, or the packed tokens with cu_seqlens."""
@@ -546,15 +459,9 @@ def check_selective_state_update_args(
         # The non-spec form reads and writes column 0 only; one slot per request.
         used = idx[:nseq] if spec else (idx[:nseq] if idx.dim() == 1 else idx[:nseq, 0])
         check_slot_indices(
-            op,
-            name,
-            used,
-            num_slots,
-            pad_slot_id=pad_slot_id,
-            null_block_id=null_block_id,
-            check_values=values,
-            unique=writes and not spec,
-        )
+            op, name, used, num_slots, pad_slot_id=pad_slot_id, null_block_id=null_block_id,
+            check_values=values, unique=writes and not spec,
+        )  # fmt: skip
     if state_batch_indices is None and dst_state_batch_indices is not None:
         raise _fail(op, "dst_state_batch_indices", "needs state_batch_indices as well")
     if state_batch_indices is None and num_slots < nseq:
@@ -562,13 +469,9 @@ def check_selective_state_update_args(
     if spec:
         assert num_accepted_tokens is not None and state_batch_indices is not None
         check_tensor(
-            op,
-            "num_accepted_tokens",
-            num_accepted_tokens,
-            shape=(nseq,),
-            dtypes=INDEX_DTYPES,
+            op, "num_accepted_tokens", num_accepted_tokens, shape=(nseq,), dtypes=INDEX_DTYPES,
             device=dev,
-        )
+        )  # fmt: skip
         if values and nseq:
             acc = num_accepted_tokens.detach().to("cpu", torch.int64)
             cols = state_batch_indices.shape[1] if state_batch_indices.dim() == 2 else 1
@@ -602,26 +505,12 @@ def check_selective_state_update_args(
 
 
 def check_ssd_varlen_args(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    chunk_size: int,
-    cu_seqlens: Tensor,
-    cu_chunk_seqlens: Tensor,
-    last_chunk_indices: Tensor,
-    seq_idx: Tensor,
-    out: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    dt_bias: Tensor | None = None,
-    initial_states: Tensor | None = None,
-    dt_limit: tuple[float, float] = (0.0, float("inf")),
-    state_dtype: torch.dtype | None = None,
-    *,
-    check_values: bool | None = None,
-) -> None:
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, cu_seqlens: Tensor,
+    cu_chunk_seqlens: Tensor, last_chunk_indices: Tensor, seq_idx: Tensor, out: Tensor,
+    D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
+    initial_states: Tensor | None = None, dt_limit: tuple[float, float] = (0.0, float("inf")),
+    state_dtype: torch.dtype | None = None, *, check_values: bool | None = None,
+) -> None:  # fmt: skip
     """x/z/out (T, H, P); dt (T, H); A (H,); B/C (T, G, N); D (H, P) or (H,); dt_bias (H,);
     initial_states (batch, H, P, N); cu_seqlens (batch+1,); cu_chunk_seqlens (nchunks+1,);
     last_chunk_indices (batch,); seq_idx (nchunks,)."""
@@ -662,13 +551,9 @@ def check_ssd_varlen_args(
     batch = cu_seqlens.shape[0] - 1 if cu_seqlens.dim() == 1 else -1
     if initial_states is not None:
         check_tensor(
-            op,
-            "initial_states",
-            initial_states,
-            shape=(batch, H, P, N),
-            dtypes=FLOAT_DTYPES,
+            op, "initial_states", initial_states, shape=(batch, H, P, N), dtypes=FLOAT_DTYPES,
             device=dev,
-        )
+        )  # fmt: skip
     for name, t in (
         ("cu_chunk_seqlens", cu_chunk_seqlens),
         ("last_chunk_indices", last_chunk_indices),

@@ -184,5 +184,5 @@ def offsets(lens: Sequence[int]) -> list[int]:
 
 def token_mask(lens: Sequence[int], keep: Sequence[bool]) -> Tensor:
     """Bool ``(sum(lens),)``: True for the tokens of sequences with ``keep[i]``."""
-    parts = [torch.full((int(n),), bool(k)) for n, k in zip(lens, keep)]
+    parts = [torch.full((int(n),), bool(k)) for n, k in zip(lens, keep, strict=True)]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
