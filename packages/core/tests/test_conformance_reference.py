@@ -20,6 +20,8 @@ import torch
 from mamba_backends.backend import OP_NAMES
 from mamba_backends.reference import ops as ref_ops
 from mamba_backends.reference.backends import (
+    ReferenceGDNBackend,
+    ReferenceLinearAttentionBackend,
     ReferenceMamba1Backend,
     ReferenceMamba2Backend,
     ReferenceShortConvBackend,
@@ -34,11 +36,18 @@ from mamba_backends.testing import (
 from mamba_backends.testing import cases as registry
 from mamba_backends.testing.case import Case
 
-# gdn and linear_attention join once cases/gdn.py and cases/lightning.py exist.
 TestReferenceConformance = conformance_tests(
-    [ReferenceMamba1Backend, ReferenceMamba2Backend, ReferenceShortConvBackend]
+    [
+        ReferenceMamba1Backend,
+        ReferenceMamba2Backend,
+        ReferenceShortConvBackend,
+        ReferenceGDNBackend,
+        ReferenceLinearAttentionBackend,
+    ]
 )
 
+# The grid-structure checks below cover the SSM families; gdn and linear_attention cases carry
+# their own shape vocabulary (no state dtype for the gating op, `n` for lightning).
 KIT_TYPES = ("mamba1", "mamba2", "short_conv")
 # short_conv_mixer: the spec's LFM2 mixer core; its cases run for types that list it.
 ALL_OPS = sorted({op for t in KIT_TYPES for op in OP_NAMES[t]} | {"short_conv_mixer"})

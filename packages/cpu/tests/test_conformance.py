@@ -7,5 +7,7 @@ TestCpuConformance = conformance_tests(
         "mamba_backends_cpu.backends.CpuMamba1Backend",
         "mamba_backends_cpu.backends.CpuMamba2Backend",
         "mamba_backends_cpu.backends.CpuShortConvBackend",
+        "mamba_backends_cpu.backends.CpuGDNBackend",
+        "mamba_backends_cpu.backends.CpuLinearAttentionBackend",
     ]
 )
