@@ -10,7 +10,13 @@ import torch
 from mamba_backends.platform import Platform
 
 #: The backend class path per mamba type on CPU. Types not listed defer to the selector.
-CPU_BACKENDS: dict[str, str] = {}
+CPU_BACKENDS: dict[str, str] = {
+    "mamba1": "mamba_backends_cpu.backends.CpuMamba1Backend",
+    "mamba2": "mamba_backends_cpu.backends.CpuMamba2Backend",
+    "short_conv": "mamba_backends_cpu.backends.CpuShortConvBackend",
+    "gdn": "mamba_backends_cpu.backends.CpuGDNBackend",
+    "linear_attention": "mamba_backends_cpu.backends.CpuLinearAttentionBackend",
+}
 
 
 def _cpu_model() -> str:

@@ -2,26 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 import torch
 from torch import Tensor
-
-
-def call_validator(name: str, *args: Any, **kwargs: Any) -> None:
-    """Run ``mamba_backends.validate.<name>(*args, **kwargs)`` when core provides it.
-
-    The shared validators raise ``ValueError``/``TypeError`` naming the bad argument before
-    any state is written. Until core ships the function, the kernels' own checks apply.
-    """
-    try:
-        module = importlib.import_module("mamba_backends.validate")
-    except ImportError:
-        return
-    fn = getattr(module, name, None)
-    if fn is not None:
-        fn(*args, **kwargs)
 
 
 def silu_name(activation: object) -> bool:

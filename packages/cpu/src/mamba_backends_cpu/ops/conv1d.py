@@ -8,7 +8,8 @@ Prefill runs the whole packed batch as one long sequence with ``W`` shifted mult
 token-major ``(T, dim)`` layout, then recomputes only the first ``W-1`` outputs of every
 sequence from its initial state (the only outputs that see a sequence boundary). States are
 gathered and written back with advanced indexing, so pad (``-1``) and null (``0``) slots are
-never read as inputs nor written.
+never read as inputs nor written. Decode with one token per request runs in the fused native
+kernel (``_native``) when it is available; other decode forms reuse the prefill path.
 """
 
 from __future__ import annotations
@@ -17,17 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_backends_cpu.ops._common import (
-    as_index,
-    call_validator,
-    compute_dtype,
-    require,
-    silu_name,
-    slot_mask,
+from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
+from mamba_backends.validate import (
+    check_causal_conv1d_fn_args,
+    check_causal_conv1d_update_args,
+    check_not_supported,
 )
-
-PAD_SLOT_ID = -1
-NULL_BLOCK_ID = 0
+from mamba_backends_cpu.ops import _native
+from mamba_backends_cpu.ops._common import as_index, compute_dtype, require, silu_name, slot_mask
 
 
 def _gather_states(conv_states: Tensor, slots: Tensor, K: int, ctype: torch.dtype) -> Tensor:
@@ -79,11 +77,10 @@ def _varlen_conv(
     in_seq = j[None, :] < lens[:, None]
     head_x = xT[tok.clamp(max=max(T - 1, 0))] * in_seq[..., None]
     ext = torch.cat([init, head_x], dim=1)  # (B, 2K, dim)
-    head = ext[:, K:].mul(wT[K])
+    # Same operation order as the main body (bias + x*w[K], then taps 0..K-1).
+    head = torch.addcmul(bias, ext[:, K:], wT[K]) if bias is not None else ext[:, K:] * wT[K]
     for k in range(K):
         head.addcmul_(ext[:, k : k + K], wT[k])
-    if bias is not None:
-        head.add_(bias)
     rows = tok[in_seq]
     out.index_copy_(0, rows, head[in_seq])
     # final[b, i] = [init_b, x_b][len_b + i]
@@ -108,8 +105,8 @@ def causal_conv1d_fn(
     cache_indices: Tensor | None = None,
     has_initial_state: Tensor | None = None,
     activation: str | None = "silu",
-    pad_slot_id: int = PAD_SLOT_ID,
-    null_block_id: int = NULL_BLOCK_ID,
+    pad_slot_id: int | None = PAD_SLOT_ID,
+    null_block_id: int | None = NULL_BLOCK_ID,
     block_idx_first_scheduled_token: Tensor | None = None,
     block_idx_last_scheduled_token: Tensor | None = None,
     initial_state_idx: Tensor | None = None,
@@ -135,25 +132,17 @@ def causal_conv1d_fn(
     Returns:
         ``(dim, T)`` in ``x.dtype``; tokens of skipped sequences are zero.
     """
-    call_validator(
-        "validate_causal_conv1d_fn",
-        x,
-        weight,
-        bias,
-        conv_states,
-        query_start_loc,
-        cache_indices=cache_indices,
-        has_initial_state=has_initial_state,
-        activation=activation,
+    check_not_supported(
+        "causal_conv1d_fn",
+        block_idx_first_scheduled_token=block_idx_first_scheduled_token,
+        block_idx_last_scheduled_token=block_idx_last_scheduled_token,
+        initial_state_idx=initial_state_idx,
+        num_computed_tokens=num_computed_tokens,
     )
-    for name, val in (
-        ("block_idx_first_scheduled_token", block_idx_first_scheduled_token),
-        ("block_idx_last_scheduled_token", block_idx_last_scheduled_token),
-        ("initial_state_idx", initial_state_idx),
-        ("num_computed_tokens", num_computed_tokens),
-    ):
-        if val is not None:
-            raise NotImplementedError(f"causal_conv1d_fn: {name} (prefix caching) is not supported")
+    check_causal_conv1d_fn_args(
+        x, weight, bias, conv_states, query_start_loc, cache_indices, has_initial_state,
+        activation, pad_slot_id, null_block_id,
+    )  # fmt: skip
     use_silu = silu_name(activation)
     require(x.dim() == 2, f"x must be (dim, T), got shape {tuple(x.shape)}")
     require(weight.dim() == 2, f"weight must be (dim, W), got shape {tuple(weight.shape)}")
@@ -192,8 +181,7 @@ def causal_conv1d_fn(
     write = valid & (lens > 0)
 
     ctype = compute_dtype(x, conv_states)
-    xs = x if x.dtype == conv_states.dtype else x.to(conv_states.dtype)
-    xT = xs.t().to(ctype)
+    xT = x.t().to(ctype)
     if not xT.is_contiguous():
         xT = xT.contiguous()
     wT = weight.t().to(ctype).contiguous()
@@ -225,7 +213,7 @@ def causal_conv1d_update(
     num_accepted_tokens: Tensor | None = None,
     query_start_loc: Tensor | None = None,
     max_query_len: int = -1,
-    null_block_id: int = NULL_BLOCK_ID,
+    null_block_id: int | None = NULL_BLOCK_ID,
     block_idx_last_scheduled_token: Tensor | None = None,
     initial_state_idx: Tensor | None = None,
     validate_data: bool = False,
@@ -243,31 +231,21 @@ def causal_conv1d_update(
             are skipped: their state is untouched and their output rows are not written.
         query_start_loc: ``(batch+1,)`` offsets for the varlen form.
         out: optional output like ``x``; when None, ``x`` is overwritten (vLLM's rule).
+        num_accepted_tokens: speculative decoding; not supported (NotImplementedError).
 
     Returns:
         The output, shaped like ``x``, in ``x.dtype``.
     """
-    call_validator(
-        "validate_causal_conv1d_update",
-        x,
-        conv_state,
-        weight,
-        bias=bias,
-        activation=activation,
-        conv_state_indices=conv_state_indices,
-        query_start_loc=query_start_loc,
-        out=out,
+    check_not_supported(
+        "causal_conv1d_update",
+        num_accepted_tokens=num_accepted_tokens,
+        block_idx_last_scheduled_token=block_idx_last_scheduled_token,
+        initial_state_idx=initial_state_idx,
     )
-    if num_accepted_tokens is not None:
-        raise NotImplementedError("causal_conv1d_update: num_accepted_tokens is not supported")
-    for name, val in (
-        ("block_idx_last_scheduled_token", block_idx_last_scheduled_token),
-        ("initial_state_idx", initial_state_idx),
-    ):
-        if val is not None:
-            raise NotImplementedError(
-                f"causal_conv1d_update: {name} (prefix caching) is not supported"
-            )
+    check_causal_conv1d_update_args(
+        x, conv_state, weight, bias, activation, conv_state_indices, num_accepted_tokens,
+        query_start_loc, null_block_id, out,
+    )  # fmt: skip
     use_silu = silu_name(activation)
     require(weight.dim() == 2, f"weight must be (dim, W), got shape {tuple(weight.shape)}")
     dim, W = weight.shape
@@ -281,6 +259,30 @@ def causal_conv1d_update(
         require(out.shape == x.shape, f"out shape {tuple(out.shape)} must match x {tuple(x.shape)}")
         require(out.dtype == x.dtype, "out must have x's dtype")
     # Token-major view of the inputs and per-request offsets.
+    if (
+        query_start_loc is None
+        and x.dim() == 2
+        and compute_dtype(x, conv_state) == torch.float32
+        and conv_state.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and _native.available()
+    ):
+        # One token per request: fused gather-compute-shift in C (pad/null skipped there;
+        # slot ranges were checked by the validator).
+        idx = None
+        if conv_state_indices is not None:
+            ci = conv_state_indices
+            idx = (ci if ci.dim() == 1 else ci[:, 0]).to(torch.int64).contiguous()
+        res = out if out is not None else x
+        xf = x.float() if x.dtype != torch.float32 else x
+        xf = xf if xf.stride(1) == 1 else xf.contiguous()
+        unit = res.dtype == torch.float32 and res.stride(1) == 1
+        yf = res if unit else res.to(torch.float32).contiguous()  # a copy: keeps skipped rows
+        _native.conv_update(
+            conv_state, idx, PAD_SLOT_ID, null_block_id, xf, weight, bias, yf, use_silu
+        )
+        if yf is not res:
+            res.copy_(yf)
+        return res
     if query_start_loc is not None:
         require(x.dim() == 2 and x.shape[1] == dim, f"varlen x must be (num_tokens, {dim})")
         require(conv_state_indices is not None, "varlen form needs conv_state_indices")
@@ -301,7 +303,9 @@ def causal_conv1d_update(
         idx = conv_state_indices[:, 0] if conv_state_indices.dim() == 2 else conv_state_indices
         require(idx.numel() == batch, f"conv_state_indices must have {batch} rows")
         slots = as_index(idx, "conv_state_indices").reshape(-1)
-        valid = slot_mask(slots, conv_state.shape[0], PAD_SLOT_ID, null_block_id, "conv_state_indices")
+        valid = slot_mask(
+            slots, conv_state.shape[0], PAD_SLOT_ID, null_block_id, "conv_state_indices"
+        )
     else:
         require(batch <= conv_state.shape[0], "conv_state has fewer slots than the batch")
         slots = torch.arange(batch, dtype=torch.int64)
@@ -310,7 +314,7 @@ def causal_conv1d_update(
     slots_v = slots if all_valid else slots[valid]
 
     ctype = compute_dtype(x, conv_state)
-    xs = xT if xT.dtype == conv_state.dtype else xT.to(conv_state.dtype)
+    xs = xT
     wT = weight.t().to(ctype)
     b = bias.to(ctype) if bias is not None else None
     init = _gather_states(conv_state, slots_v, K, ctype)  # (b, K, dim)
@@ -339,11 +343,8 @@ def causal_conv1d_update(
         F.silu(y, inplace=True)
     if K > 0 and slots_v.numel():
         _write_states(conv_state, slots_v, new)
-    # Output: into `out`, else into x (in place) when x already has the state dtype.
-    if out is None:
-        res = x if x.dtype == conv_state.dtype else x.to(conv_state.dtype).to(x.dtype)
-    else:
-        res = out
+    # Output: into `out`, else into x (in place, as vLLM documents).
+    res = out if out is not None else x
     resT = res if x.dim() == 2 else res.transpose(1, 2)
     y = y.to(x.dtype)
     if x.dim() == 3:

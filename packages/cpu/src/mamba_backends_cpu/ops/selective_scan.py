@@ -1,10 +1,303 @@
-"""CPU kernels: Mamba1 selective scan (varlen prefill)."""
+"""CPU kernels: Mamba1 selective scan (varlen prefill).
+
+``h_t = exp(dt_t A) * h_{t-1} + dt_t u_t B_t^T`` per channel ``d`` (state ``(D, N)``),
+``y_t = h_t C_t + D u_t``, ``y_t *= silu(z_t)``; the final ``h`` of every sequence is written
+to its slot of ``ssm_states`` in place and ``y`` overwrites ``z`` (or ``delta`` without ``z``;
+with ``z``, ``delta`` receives the ungated ``y``), as in vLLM.
+
+Pure-PyTorch path (chunked, no loop over tokens): every sequence is cut into blocks of ``L``
+tokens; all sequences' ``k``-th blocks are processed together. Inside a block, with the log
+decay ``s_t = cumsum(dt) * A`` taken relative to the block's first token (``<= 0``),
+``h_t = exp(s_t) * (h_in' + cumsum_u(exp(-s_u) * dt_u u_u B_u))``. ``L`` is chosen so that
+``-s`` stays below an overflow bound in every block (``exp(-s_u)`` finite; ``L = 1`` always
+is), which keeps the form exact. The state carries across blocks.
+A fused native kernel (``_native``) replaces this path when it is available.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
+from mamba_backends.validate import check_not_supported, check_selective_scan_args
+from mamba_backends_cpu.ops import _native
+from mamba_backends_cpu.ops._common import as_index, compute_dtype, require, slot_mask
+
+logger = logging.getLogger(__name__)
+
+_BLOCKS = (64, 32, 16, 8, 4, 2, 1)
 
 
+def _pick_block(dt: Tensor, amax: Tensor, seq_of: Tensor, pos: Tensor, limit: float) -> int:
+    """Largest block length whose per-block total log decay stays under ``limit``."""
+    w = dt * amax  # (T, D) decay rate per token and channel
+    for L in _BLOCKS:
+        if L == 1:
+            return 1
+        key = seq_of * (int(pos.max()) // L + 1) + pos // L
+        sums = torch.zeros(int(key.max()) + 1, w.shape[1], dtype=w.dtype)
+        sums.index_add_(0, key, w)
+        if float(sums.max()) <= limit:
+            return L
+    return 1
 
-def selective_scan_fn(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("cpu op selective_scan_fn is not implemented yet")
+
+def _scan_torch(
+    u: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    Bm: Tensor,
+    Cm: Tensor,
+    h0: Tensor,
+    qsl: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Chunked scan of packed sequences (compute dtype).
+
+    Args:
+        u, dt: ``(T, Dm)``, dt already biased/softplussed.
+        A: ``(Dm, N)``.
+        Bm, Cm: ``(T, G, N)``.
+        h0: ``(S, Dm, N)`` initial states of the ``S`` sequences.
+        qsl: ``(S+1,)`` int64 offsets.
+
+    Returns:
+        ``y (T, Dm)`` (without D and z) and the final states ``(S, Dm, N)``.
+    """
+    T, Dm = u.shape
+    N = A.shape[1]
+    G = Bm.shape[1]
+    S = qsl.numel() - 1
+    lens = qsl[1:] - qsl[:-1]
+    seq_of = torch.repeat_interleave(torch.arange(S), lens, output_size=T)
+    pos = torch.arange(T) - qsl[:-1][seq_of]
+    limit = 60.0 if u.dtype != torch.float64 else 600.0
+    amax = A.abs().amax(dim=1)
+    L = _pick_block(dt, amax, seq_of, pos, limit) if T else 1
+    y = torch.empty(T, Dm, dtype=u.dtype)
+    h = h0.clone()
+    nblk = (lens + L - 1) // L
+    n_rank = int(nblk.max()) if S else 0
+    ar = torch.arange(L)
+    Dg = Dm // G
+    for r in range(n_rank):
+        sq = torch.nonzero(nblk > r).reshape(-1)
+        start = qsl[sq] + r * L
+        blen = torch.clamp(lens[sq] - r * L, max=L)
+        valid = ar[None, :] < blen[:, None]  # (nb, L)
+        tok = torch.where(valid, start[:, None] + ar[None, :], start[:, None])
+        nb = sq.numel()
+        dtb = dt[tok] * valid[..., None]  # (nb, L, Dm)
+        # Decay relative to the block's first token (so L = 1 never divides).
+        cs = torch.cumsum(dtb, dim=1)
+        E = torch.exp((cs - dtb[:, :1])[..., None] * A)  # (nb, L, Dm, N), in (0, 1]
+        xb = (dtb * u[tok]).view(nb, L, G, Dg, 1)
+        Bb = Bm[tok].view(nb, L, G, 1, N)
+        w = (xb * Bb).view(nb, L, Dm, N).div_(E)
+        w[:, 0].addcmul_(torch.exp(dtb[:, 0, :, None] * A), h[sq])
+        hs = torch.cumsum(w, dim=1).mul_(E)  # states after every token
+        Cb = Cm[tok].view(nb, L, G, N, 1)
+        yb = torch.matmul(hs.view(nb, L, G, Dg, N), Cb).view(nb, L, Dm)
+        y[tok[valid]] = yb[valid]
+        h[sq] = hs[torch.arange(nb), blen - 1]
+    return y, h
+
+
+def _write_tokens(dst: Tensor, rows: Tensor, y: Tensor, varlen: bool, all_rows: bool) -> None:
+    """Write ``y (n, Dm)`` into token ``rows`` of ``dst`` (``(Dm, T)`` or ``(B, Dm, L)``)."""
+    y = y.to(dst.dtype)
+    if varlen:
+        if all_rows:
+            dst.t().copy_(y)
+        else:
+            dst.t().index_copy_(0, rows, y)
+    else:
+        Lq = dst.shape[2]
+        dst.transpose(1, 2)[rows // Lq, rows % Lq] = y
+
+
+def selective_scan_fn(
+    u: Tensor,
+    ssm_states: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    query_start_loc: Tensor | None = None,
+    cache_indices: Tensor | None = None,
+    has_initial_state: Tensor | None = None,
+    null_block_id: int | None = NULL_BLOCK_ID,
+    block_size: int = 1024,
+    block_idx_first_scheduled_token: Tensor | None = None,
+    block_idx_last_scheduled_token: Tensor | None = None,
+    initial_state_idx: Tensor | None = None,
+    cu_chunk_seqlen: Tensor | None = None,
+    last_chunk_indices: Tensor | None = None,
+) -> Tensor:
+    """Mamba1 selective scan over packed sequences, states updated in place.
+
+    Args:
+        u, delta, z: ``(Dm, T)`` with ``query_start_loc``, else ``(batch, Dm, L)``.
+        ssm_states: ``(slots, Dm, N)``, any strides, fp32/bf16/fp16.
+        A: ``(Dm, N)``.
+        B, C: ``(G, N, T)`` or ``(N, T)`` (varlen), ``(batch, G, N, L)`` or ``(batch, N, L)``.
+        D, delta_bias: ``(Dm,)`` or None.
+        query_start_loc: ``(batch+1,)`` offsets.
+        cache_indices: ``(batch,)`` slots (identity when None); null/pad entries are skipped
+            (state untouched, their output tokens not written).
+        has_initial_state: ``(batch,)`` bool or None.
+        block_size, cu_chunk_seqlen, last_chunk_indices: prefix-caching metadata, consulted
+            only together with the ``block_idx_*`` arguments, which are not supported.
+
+    Returns:
+        ``z`` (or ``delta`` when ``z`` is None), overwritten with the output.
+    """
+    check_not_supported(
+        "selective_scan_fn",
+        block_idx_first_scheduled_token=block_idx_first_scheduled_token,
+        block_idx_last_scheduled_token=block_idx_last_scheduled_token,
+        initial_state_idx=initial_state_idx,
+    )
+    check_selective_scan_args(
+        u, ssm_states, delta, A, B, C, D, z, delta_bias, query_start_loc, cache_indices,
+        has_initial_state, null_block_id,
+    )  # fmt: skip
+    varlen = query_start_loc is not None
+    if varlen:
+        assert query_start_loc is not None
+        require(u.dim() == 2, f"u must be (dim, T) with query_start_loc, got {tuple(u.shape)}")
+        Dm, T = u.shape
+        qsl = as_index(query_start_loc, "query_start_loc").cpu()
+        Bv = B.unsqueeze(0) if B.dim() == 2 else B
+        Cv = C.unsqueeze(0) if C.dim() == 2 else C
+        uT, dT = u.t(), delta.t()
+        zT = z.t() if z is not None else None
+        BT, CT = Bv.permute(2, 0, 1), Cv.permute(2, 0, 1)  # (T, G, N)
+    else:
+        require(u.dim() == 3, f"u must be (batch, dim, L), got {tuple(u.shape)}")
+        nb, Dm, Lq = u.shape
+        T = nb * Lq
+        qsl = torch.arange(nb + 1, dtype=torch.int64) * Lq
+        Bv = B.unsqueeze(1) if B.dim() == 3 else B
+        Cv = C.unsqueeze(1) if C.dim() == 3 else C
+        uT = u.transpose(1, 2).reshape(T, Dm)
+        dT = delta.transpose(1, 2).reshape(T, Dm)
+        zT = z.transpose(1, 2).reshape(T, Dm) if z is not None else None
+        BT = Bv.permute(0, 3, 1, 2).reshape(T, Bv.shape[1], Bv.shape[2])
+        CT = Cv.permute(0, 3, 1, 2).reshape(T, Cv.shape[1], Cv.shape[2])
+    require(delta.shape == u.shape, f"delta must match u {tuple(u.shape)}")
+    require(z is None or z.shape == u.shape, "z must match u")
+    require(A.dim() == 2 and A.shape[0] == Dm, f"A must be ({Dm}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    G = BT.shape[1]
+    require(BT.shape == (T, G, N) and G > 0 and Dm % G == 0, "B must be (G, N, T), G | dim")
+    require(CT.shape == BT.shape, "C must match B")
+    require(D is None or D.numel() == Dm, f"D must be ({Dm},)")
+    require(delta_bias is None or delta_bias.numel() == Dm, f"delta_bias must be ({Dm},)")
+    states = ssm_states
+    if states.dim() == 4:
+        states = states.flatten(1, 2)
+    require(
+        states.dim() == 3 and states.shape[1:] == (Dm, N),
+        f"ssm_states must be (slots, {Dm}, {N}), got {tuple(ssm_states.shape)}",
+    )
+    require(int(qsl[0]) == 0 and int(qsl[-1]) == T, f"query_start_loc must span 0..{T}")
+    nseq = qsl.numel() - 1
+    lens = qsl[1:] - qsl[:-1]
+    require(bool((lens >= 0).all()), "query_start_loc must be non-decreasing")
+    if cache_indices is not None:
+        ci = cache_indices[:, 0] if cache_indices.dim() == 2 else cache_indices
+        require(ci.numel() == nseq, f"cache_indices must be ({nseq},)")
+        slots = as_index(ci, "cache_indices").reshape(-1)
+        valid = slot_mask(slots, states.shape[0], PAD_SLOT_ID, null_block_id, "cache_indices")
+    else:
+        require(nseq <= states.shape[0], "ssm_states has fewer slots than sequences")
+        slots = torch.arange(nseq, dtype=torch.int64)
+        valid = torch.ones(nseq, dtype=torch.bool)
+    if has_initial_state is not None:
+        require(has_initial_state.numel() == nseq, f"has_initial_state must be ({nseq},)")
+    run = valid & (lens > 0)
+    ctype = compute_dtype(u, delta, ssm_states)
+    out = z if z is not None else delta
+    if not bool(run.any()):
+        return out
+
+    f32 = torch.float32
+    if (
+        varlen
+        and ctype == f32
+        and all(t.dtype == f32 for t in (u, delta, B, C) + ((z,) if z is not None else ()))
+        and _native.available()
+    ):
+        # Fused scan in vLLM's (dim, T) layout, in place; pad/null sequences skipped in C.
+        safe = torch.where(run, slots, 0)
+        h = states[safe].to(f32)
+        keep = (
+            run & has_initial_state.reshape(-1).to(torch.bool)
+            if has_initial_state is not None
+            else None
+        )
+        if keep is None:
+            h.zero_()
+        else:
+            h.mul_(keep[:, None, None])
+        h = h.contiguous()
+        Bv3 = B.unsqueeze(0) if B.dim() == 2 else B
+        Cv3 = C.unsqueeze(0) if C.dim() == 2 else C
+        _native.scan_varlen(u, delta_bias, delta_softplus, A, Bv3, Cv3, D, z, delta, h, run, qsl)
+        states.index_put_((slots[run],), h[run].to(states.dtype))
+        return out
+
+    # Packed inputs of the sequences that run.
+    sq = torch.nonzero(run).reshape(-1)
+    all_run = sq.numel() == nseq
+    if all_run:
+        tok = None
+        qsl_r = qsl
+    else:
+        lens_r = lens[sq]
+        qsl_r = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens_r, 0)])
+        tok = torch.repeat_interleave(qsl[:-1][sq] - qsl_r[:-1], lens_r) + torch.arange(
+            int(qsl_r[-1])
+        )
+
+    def take(t: Tensor) -> Tensor:
+        return (t if tok is None else t[tok]).to(ctype)
+
+    uc, dtc = take(uT), take(dT)
+    if delta_bias is not None:
+        dtc = dtc + delta_bias.reshape(-1).to(ctype)
+    if delta_softplus:
+        dtc = F.softplus(dtc)
+    Ac = A.to(ctype)
+    Bc, Cc = take(BT), take(CT)
+    slots_r = slots[sq]
+    h0 = states[slots_r].to(ctype)
+    if has_initial_state is not None:
+        h0.mul_(has_initial_state.reshape(-1)[sq].to(torch.bool).to(ctype)[:, None, None])
+    else:
+        h0.zero_()
+    y: Tensor | None = None
+    if _native.available() and ctype == torch.float32:
+        y, h = _native.selective_scan(uc, dtc, Ac, Bc, Cc, h0, qsl_r)
+    if y is None:
+        y, h = _scan_torch(uc, dtc, Ac, Bc, Cc, h0, qsl_r)
+    if D is not None:
+        y.addcmul_(uc, D.reshape(-1).to(ctype))
+    rows = tok if tok is not None else torch.arange(T)
+    if zT is not None:
+        # As vLLM's kernel: delta receives the ungated output, z the gated one.
+        yz = y * F.silu(take(zT))
+        _write_tokens(delta, rows, y, varlen, all_rows=tok is None)
+        y = yz
+    # Write states, then the output (u/delta/z were fully read above).
+    states.index_put_((slots_r,), h.to(states.dtype))
+    _write_tokens(out, rows, y, varlen, all_rows=tok is None)
+    return out

@@ -1,10 +1,297 @@
-"""CPU kernels: selective state update (Mamba1 and Mamba2 heads form, decode)."""
+"""CPU kernels: selective state update (Mamba1 and Mamba2 heads form, decode).
+
+One decode step is ``h = exp(dt*A) * h + (dt*x) B^T``, ``y = h C + D*x``, ``y *= silu(z)``.
+With one token per request (plain decode) and fp32 compute, the fused native kernel
+(``_native``) updates every indexed state in place in one pass, reading all inputs through
+their strides (vLLM's tied Mamba2 layout included). Otherwise (no compiler, speculative
+decoding, ``cu_seqlens``, fp64) the PyTorch path gathers the batch's states once, updates
+them with batched ops (a per-head scalar decay and one ``baddbmm`` for the tied form, the
+full ``(P, N)`` decay otherwise), reads ``y`` with one ``bmm`` and scatters the states back.
+Null (``0``) and pad (``-1``) slots are neither read nor written, and the ``out`` rows of a
+request with a null/pad source slot are left as they were.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
+from mamba_backends.validate import check_selective_state_update_args
+from mamba_backends_cpu.ops import _native
+from mamba_backends_cpu.ops._common import as_index, compute_dtype, require, slot_mask
 
 
+def _tied(A: Tensor, dt: Tensor, dt_bias: Tensor | None) -> bool:
+    """Mamba2's layout: A, dt and dt_bias broadcast over ``(P, N)`` through zero strides."""
+    return (
+        A.stride(-1) == 0
+        and A.stride(-2) == 0
+        and dt.stride(-1) == 0
+        and (dt_bias is None or dt_bias.stride(-1) == 0)
+    )
 
-def selective_state_update(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("cpu op selective_state_update is not implemented yet")
+
+def _native_step(
+    state: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    dt_bias: Tensor | None,
+    z: Tensor | None,
+    dt_softplus: bool,
+    state_batch_indices: Tensor | None,
+    dst_state_batch_indices: Tensor | None,
+    null_block_id: int | None,
+    out: Tensor | None,
+    heads_form: bool,
+) -> Tensor:
+    """One decode token per request through the fused kernel (heads-form tensors, 4-D state).
+
+    Slot ranges were checked by the validator; the kernel skips pad/null slots itself, so the
+    Python side issues almost no tensor ops (decode is latency-bound at small batches).
+    """
+
+    def col0(t: Tensor | None) -> Tensor | None:
+        if t is None:
+            return None
+        return (t if t.dim() == 1 else t[:, 0]).to(torch.int64)
+
+    src = col0(state_batch_indices)
+    dst = col0(dst_state_batch_indices) if dst_state_batch_indices is not None else src
+    tied = _tied(A, dt, dt_bias)
+    if not tied:  # per-element dt: bias and softplus vectorised here, not per element in C
+        dt = dt.float() + dt_bias.float() if dt_bias is not None else dt.float()
+        dt = F.softplus(dt) if dt_softplus else dt
+        dt_bias, dt_softplus = None, False
+    if out is None:
+        out = torch.empty_like(x if heads_form else x.squeeze(1))
+    out4 = out if heads_form else out.unsqueeze(1)
+    y = out4 if out4.dtype == torch.float32 else out4.float()  # keeps untouched rows
+    _native.ssu(
+        state, src, dst, PAD_SLOT_ID, null_block_id, x, dt, dt_bias, dt_softplus, A, B, C, D,
+        z, y, tied,
+    )  # fmt: skip
+    if y is not out4:
+        out4.copy_(y)
+    return out
+
+
+def selective_state_update(
+    state: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_softplus: bool = False,
+    state_batch_indices: Tensor | None = None,
+    dst_state_batch_indices: Tensor | None = None,
+    null_block_id: int | None = NULL_BLOCK_ID,
+    out: Tensor | None = None,
+    num_accepted_tokens: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    is_blackwell: bool = False,
+    enable_stochastic_rounding: bool = False,
+    cache_philox_rounds: int = 0,
+) -> Tensor:
+    """Selective state update; ``state`` is updated in place, ``out`` receives ``y``.
+
+    Args:
+        state: ``(slots, H, P, N)`` or ``(slots, dim, N)``, any strides, fp32/bf16/fp16.
+        x, dt, z: ``(b, H, P)`` or ``(b, dim)`` (``b`` tokens; one per request unless
+            ``cu_seqlens`` is given).
+        A: ``(H, P, N)`` or ``(dim, N)``.
+        B, C: ``(b, G, N)`` or ``(b, N)``; head ``h`` uses group ``h // (H/G)``.
+        D, dt_bias: ``(H, P)`` or ``(dim,)``, or None.
+        state_batch_indices: ``(R,)`` or ``(R, T)`` source slots (identity when None);
+            ``dst_state_batch_indices`` the destination slots (default: the same).
+        null_block_id: slot id skipped (never read nor written), None for none.
+        out: ``(b, H, P)`` like ``x``; allocated when None.
+        num_accepted_tokens: ``(R,)`` speculative decoding: the initial state is read from
+            column ``num_accepted_tokens-1`` of ``state_batch_indices`` and the state after
+            token ``i`` is written to ``dst_state_batch_indices[:, i]``.
+        cu_seqlens: ``(R+1,)`` token offsets of the requests (varlen form).
+
+    Returns:
+        ``out``.
+    """
+    check_selective_state_update_args(
+        state, x, dt, A, B, C, D, dt_bias, z, state_batch_indices, dst_state_batch_indices,
+        null_block_id, out, num_accepted_tokens, cu_seqlens,
+    )  # fmt: skip
+    if enable_stochastic_rounding:
+        raise NotImplementedError(
+            "selective_state_update: argument 'enable_stochastic_rounding' is not supported"
+        )
+    heads_form = state.dim() == 4
+    if not heads_form:
+        require(state.dim() == 3, f"state must be 3-D or 4-D, got {tuple(state.shape)}")
+        state = state.unsqueeze(1)
+        x, dt, A = x.unsqueeze(1), dt.unsqueeze(1), A.unsqueeze(0)
+        B = B.unsqueeze(1) if B.dim() == 2 else B
+        C = C.unsqueeze(1) if C.dim() == 2 else C
+        D = D.unsqueeze(0) if D is not None and D.dim() == 1 else D
+        dt_bias = dt_bias.unsqueeze(0) if dt_bias is not None and dt_bias.dim() == 1 else dt_bias
+        z = z.unsqueeze(1) if z is not None else None
+    nslots, H, P, N = state.shape
+    if (
+        num_accepted_tokens is None
+        and cu_seqlens is None
+        and compute_dtype(x, state) == torch.float32
+        and _native.ssu_supported(state)
+        and _native.available()
+    ):
+        return _native_step(
+            state, x, dt, A, B, C, D, dt_bias, z, dt_softplus, state_batch_indices,
+            dst_state_batch_indices, null_block_id, out, heads_form,
+        )  # fmt: skip
+    nb = x.shape[0]
+    require(x.shape == (nb, H, P), f"x must be ({nb}, {H}, {P}), got {tuple(x.shape)}")
+    require(dt.shape == x.shape, f"dt must match x {tuple(x.shape)}, got {tuple(dt.shape)}")
+    require(A.shape == (H, P, N), f"A must be ({H}, {P}, {N}), got {tuple(A.shape)}")
+    require(B.dim() == 3 and B.shape[0] == nb and B.shape[2] == N, f"B must be ({nb}, G, {N})")
+    G = B.shape[1]
+    require(G > 0 and H % G == 0, f"nheads {H} must be divisible by ngroups {G}")
+    require(C.shape == B.shape, f"C must match B {tuple(B.shape)}, got {tuple(C.shape)}")
+    require(D is None or D.shape == (H, P), f"D must be ({H}, {P})")
+    require(dt_bias is None or dt_bias.shape == (H, P), f"dt_bias must be ({H}, {P})")
+    require(z is None or z.shape == x.shape, "z must match x")
+    if out is not None:
+        out_v = out if heads_form else out.unsqueeze(1)
+        require(out_v.shape == x.shape, f"out must match x {tuple(x.shape)}")
+    # Requests, their token rows and their source/destination slots.
+    if cu_seqlens is not None:
+        cu = as_index(cu_seqlens, "cu_seqlens").cpu()
+        R = cu.numel() - 1
+        require(int(cu[0]) == 0 and int(cu[-1]) <= nb, "cu_seqlens must span x's tokens")
+    else:
+        R = nb
+        cu = torch.arange(nb + 1, dtype=torch.int64)
+    lens = cu[1:] - cu[:-1]
+    Lmax = int(lens.max()) if R > 0 else 0
+
+    def _cols(t: Tensor | None, name: str) -> Tensor | None:
+        if t is None:
+            return None
+        t2 = as_index(t, name)
+        t2 = t2.unsqueeze(1) if t2.dim() == 1 else t2
+        require(t2.dim() == 2 and t2.shape[0] >= R, f"{name} must have at least {R} rows")
+        return t2[:R]
+
+    src = _cols(state_batch_indices, "state_batch_indices")
+    dst = _cols(dst_state_batch_indices, "dst_state_batch_indices")
+    if dst is None:
+        dst = src
+    spec = num_accepted_tokens is not None
+    if spec:
+        require(src is not None, "num_accepted_tokens needs state_batch_indices")
+        assert src is not None and dst is not None
+        require(dst.shape[1] >= Lmax, "dst_state_batch_indices has fewer columns than tokens")
+        assert num_accepted_tokens is not None
+        nacc = as_index(num_accepted_tokens, "num_accepted_tokens").reshape(-1)
+        require(nacc.numel() == R, f"num_accepted_tokens must be ({R},)")
+        col = (nacc - 1).clamp(min=0, max=src.shape[1] - 1)
+        src_slot = src.gather(1, col[:, None]).reshape(-1)
+    elif src is not None:
+        src_slot = src[:, 0]
+    else:
+        require(R <= nslots, "state has fewer slots than requests")
+        src_slot = torch.arange(R, dtype=torch.int64)
+    dst_slot = dst[:, 0] if dst is not None else src_slot
+    src_ok = (
+        slot_mask(src_slot, nslots, PAD_SLOT_ID, null_block_id, "state_batch_indices")
+        if src is not None
+        else torch.ones(R, dtype=torch.bool)
+    )
+    dst_ok = (
+        slot_mask(dst_slot, nslots, PAD_SLOT_ID, null_block_id, "dst_state_batch_indices")
+        if dst is not None
+        else torch.ones(R, dtype=torch.bool)
+    )
+    if spec:
+        assert dst is not None
+        dcols = dst[:, :Lmax]
+        ok_cols = (dcols != PAD_SLOT_ID) & (
+            dcols != null_block_id if null_block_id is not None else True
+        )
+        bad = ok_cols & ((dcols < 0) | (dcols >= nslots))
+        require(not bool(bad.any()), "dst_state_batch_indices holds slot ids out of range")
+
+    ctype = compute_dtype(x, state)
+    if out is None:
+        out = torch.empty_like(x if heads_form else x.squeeze(1))
+    out4 = out if heads_form else out.unsqueeze(1)
+    tied = _tied(A, dt, dt_bias)
+    all_src = bool(src_ok.all())
+    safe_src = src_slot if all_src else torch.where(src_ok, src_slot, 0)
+    h = state[safe_src].to(ctype)  # (R, H, P, N), a fresh copy
+    if not all_src:
+        h.mul_(src_ok.view(R, 1, 1, 1))
+    rep = H // G
+    A_c = A[:, 0, 0].to(ctype) if tied else A.to(ctype)
+    Dc = D.to(ctype) if D is not None else None
+    hv = h.view(R * H, P, N)
+    for i in range(Lmax):
+        rows = cu[:-1] + i
+        active = lens > i
+        all_active = bool(active.all())
+        if not all_active:
+            rows = torch.where(active, rows, cu[:-1])
+        xi = x[rows].to(ctype)  # (R, H, P)
+        if tied:
+            dti = dt[rows][:, :, 0].to(ctype)  # (R, H)
+            if dt_bias is not None:
+                dti = dti + dt_bias[:, 0].to(ctype)
+        else:
+            dti = dt[rows].to(ctype)
+            if dt_bias is not None:
+                dti = dti + dt_bias.to(ctype)
+        if dt_softplus:
+            dti = F.softplus(dti)
+        if not all_active:
+            dti = dti * active.view((R,) + (1,) * (dti.dim() - 1))
+        Bi = B[rows].to(ctype)
+        Ci = C[rows].to(ctype)
+        if rep > 1:
+            Bi = Bi.repeat_interleave(rep, dim=1)
+            Ci = Ci.repeat_interleave(rep, dim=1)
+        if tied:
+            h.mul_(torch.exp(dti * A_c).view(R, H, 1, 1))
+            xdt = xi * dti[:, :, None]
+        else:
+            h.mul_(torch.exp(dti[..., None] * A_c))
+            xdt = xi * dti
+        hv.baddbmm_(xdt.reshape(R * H, P, 1), Bi.reshape(R * H, 1, N))
+        y = torch.bmm(hv, Ci.reshape(R * H, N, 1)).view(R, H, P)
+        if Dc is not None:
+            y.addcmul_(xi, Dc)
+        if z is not None:
+            y.mul_(F.silu(z[rows].to(ctype)))
+        write = active & src_ok
+        if bool(write.all()):
+            out4[rows] = y.to(out4.dtype)
+        else:
+            out4[rows[write]] = y[write].to(out4.dtype)
+        if spec:
+            assert dst is not None
+            col_i = dst[:, i]
+            w = active & src_ok & (col_i != PAD_SLOT_ID)
+            if null_block_id is not None:
+                w &= col_i != null_block_id
+            if bool(w.any()):
+                state.index_put_((col_i[w],), h[w].to(state.dtype))
+    if not spec:
+        w = dst_ok & src_ok & (lens > 0)
+        if bool(w.all()):
+            state.index_put_((dst_slot,), h.to(state.dtype))
+        elif bool(w.any()):
+            state.index_put_((dst_slot[w],), h[w].to(state.dtype))
+    return out

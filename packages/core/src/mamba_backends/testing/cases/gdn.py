@@ -333,7 +333,8 @@ def fixed_cases() -> list[Case]:
         pd = GdnParams(lens=(1,) * 5, H=2, HV=4, layout=layout, n_pad=2)
         cases.append(make_case(RECUR, "oneshot", pd, dt, sdt, seed=i, quick=quick))
         if i < 3:
-            cases.append(make_case(GATING, "oneshot", GdnParams(lens=(7,), HV=6), dt, sdt))
+            gp = GdnParams(lens=(7,), HV=6)
+            cases.append(make_case(GATING, "oneshot", gp, dt, sdt, quick=quick))
     cases.append(make_case(CHUNK, "oneshot", GdnParams(lens=(130,), l2=False), seed=10))
     cases.append(
         make_case(CHUNK, "oneshot", GdnParams(lens=(64, 1), H=1, HV=1, K=4), bf16, bf16, seed=11)

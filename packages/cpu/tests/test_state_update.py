@@ -1,0 +1,191 @@
+"""CPU selective_state_update (decode) against the spec, native and pure-PyTorch paths."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import pytest
+import torch
+
+from mamba_backends.reference import state_update as spec
+from mamba_backends_cpu.ops import _native
+from mamba_backends_cpu.ops import state_update as cpu
+
+#: max |error| allowed relative to max |expected|, per dtype of the compared tensor
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    assert actual.shape == expected.shape
+    a, e = actual.double(), expected.double()
+    scale = max(e.abs().max().item(), 1e-3)
+    err = (a - e).abs().max().item()
+    assert err <= TOL[dtype] * scale, f"max err {err:.3g} vs scale {scale:.3g} ({dtype})"
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1" if request.param == "native" else "0")
+    if request.param == "native" and not _native.available():
+        pytest.skip("no C compiler: native kernels unavailable")
+    return request.param
+
+
+def test_native_builds_here() -> None:
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler on this machine")
+    assert _native.available()
+
+
+def state_pool(slots: int, H: int, P: int, N: int, dtype, layout: str, gen) -> torch.Tensor:
+    """``(slots, H, P, N)`` with a contiguous, paged (slot stride > state size) or transposed
+    (``P``/``N`` swapped in memory) layout."""
+    if layout == "page":
+        page = torch.randn(slots, H * P * N + 5, generator=gen).to(dtype)
+        return page[:, 3 : 3 + H * P * N].unflatten(1, (H, P, N))
+    if layout == "transposed":
+        return torch.randn(slots, H, N, P, generator=gen).to(dtype).transpose(2, 3)
+    return torch.randn(slots, H, P, N, generator=gen).to(dtype)
+
+
+def inputs(b: int, H: int, P: int, N: int, G: int, dtype, tied: bool, gen, z: bool = True):
+    x = torch.randn(b, H, P, generator=gen).to(dtype)
+    if tied:  # Mamba2: per-head dt/A/D/dt_bias broadcast over P (and N) with stride 0
+        dt = torch.randn(b, H, generator=gen).to(dtype)[:, :, None].expand(b, H, P)
+        A = (-torch.rand(H, generator=gen) * 3)[:, None, None].expand(H, P, N)
+        D = torch.randn(H, generator=gen)[:, None].expand(H, P)
+        dt_bias = torch.randn(H, generator=gen)[:, None].expand(H, P)
+    else:
+        dt = torch.randn(b, H, P, generator=gen).to(dtype)
+        A = -torch.rand(H, P, N, generator=gen) * 3
+        D = torch.randn(H, P, generator=gen)
+        dt_bias = torch.randn(H, P, generator=gen)
+    B = torch.randn(b, G, N, generator=gen).to(dtype)
+    C = torch.randn(b, G, N, generator=gen).to(dtype)
+    zz = torch.randn(b, H, P, generator=gen).to(dtype) if z else None
+    return x, dt, A, B, C, D, dt_bias, zz
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("layout", ["contig", "page", "transposed"])
+@pytest.mark.parametrize("N", [16, 128])  # 128 takes the kernel's unrolled fast rows
+def test_heads_form_matches_spec(path, dtype, state_dtype, tied, layout, N) -> None:
+    gen = torch.Generator().manual_seed(11)
+    b, H, P, G = 5, 4, 8, 2
+    state = state_pool(9, H, P, N, state_dtype, layout, gen)
+    x, dt, A, B, C, D, dt_bias, z = inputs(b, H, P, N, G, dtype, tied, gen)
+    idx = torch.tensor([3, 0, 7, -1, 2], dtype=torch.int32)  # null and pad entries
+    before, ref_state = state.clone(), state.clone()
+    out = torch.full((b, H, P), 5.0, dtype=dtype)
+    out_ref = out.clone()
+    args = (x, dt, A, B, C, D, dt_bias)
+    kw: dict[str, Any] = dict(
+        z=z, dt_softplus=True, state_batch_indices=idx, dst_state_batch_indices=idx
+    )
+    res = cpu.selective_state_update(state, *args, **kw, out=out)
+    spec.selective_state_update(ref_state, *args, **kw, out=out_ref)
+    assert res is out
+    close(out, out_ref, dtype)
+    assert torch.equal(out[1], torch.full_like(out[1], 5.0))  # null row untouched
+    assert torch.equal(out[3], torch.full_like(out[3], 5.0))  # pad row untouched
+    close(state, ref_state, state_dtype)
+    for s in (0, 1, 4, 5, 6, 8):
+        assert torch.equal(state[s], before[s]), f"slot {s} changed"
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_mamba1_form_and_dst_slots(path, state_dtype) -> None:
+    gen = torch.Generator().manual_seed(12)
+    b, Dm, N = 4, 24, 16
+    state = torch.randn(8, Dm, N, generator=gen).to(state_dtype)
+    # (batch, dim) views with a non-unit channel stride, as vLLM's Mamba1 mixer passes them
+    x, dt, z = (torch.randn(Dm, b, generator=gen).t() for _ in range(3))
+    A = -torch.exp(torch.rand(Dm, N, generator=gen) * 2)
+    B, C = torch.randn(b, N, generator=gen), torch.randn(b, N, generator=gen)
+    D, dt_bias = torch.randn(Dm, generator=gen), torch.randn(Dm, generator=gen)
+    src = torch.tensor([5, 2, 3, 1], dtype=torch.int32)
+    dst = torch.tensor([6, 0, 4, 7], dtype=torch.int32)  # dst null: computed, not written
+    ref_state, before = state.clone(), state.clone()
+    args = (x, dt, A, B, C, D, dt_bias)
+    kw: dict[str, Any] = dict(
+        z=z, dt_softplus=True, state_batch_indices=src, dst_state_batch_indices=dst
+    )
+    out = torch.zeros(Dm, b).t()
+    res = cpu.selective_state_update(state, *args, **kw, out=out)
+    ref = spec.selective_state_update(ref_state, *args, **kw, out=torch.zeros(b, Dm))
+    assert res is out
+    close(out, ref, torch.float32)
+    close(state, ref_state, state_dtype)
+    for s in (0, 1, 2, 3, 5):
+        assert torch.equal(state[s], before[s])
+
+
+def test_no_indices_no_z_no_D(path) -> None:
+    gen = torch.Generator().manual_seed(13)
+    b, H, P, N = 3, 2, 4, 8
+    state = torch.randn(b, H, P, N, generator=gen)
+    ref_state = state.clone()
+    x, dt, A, B, C, _, _, _ = inputs(b, H, P, N, 1, torch.float32, True, gen, z=False)
+    out = cpu.selective_state_update(state, x, dt, A, B, C)
+    ref = spec.selective_state_update(ref_state, x, dt, A, B, C)
+    close(out, ref, torch.float32)
+    close(state, ref_state, torch.float32)
+
+
+def test_varlen_and_speculative_decoding() -> None:
+    gen = torch.Generator().manual_seed(14)
+    H, P, N = 2, 4, 8
+    cu = torch.tensor([0, 3, 4, 6], dtype=torch.int32)
+    T = 6
+    x, dt, A, B, C, D, dt_bias, z = inputs(T, H, P, N, 1, torch.float32, True, gen)
+    # varlen, non-spec: column 0 in and out
+    state = torch.randn(10, H, P, N, generator=gen)
+    ref_state = state.clone()
+    idx = torch.tensor([4, 0, 6], dtype=torch.int32)
+    kw: dict[str, Any] = dict(z=z, dt_softplus=True, state_batch_indices=idx, cu_seqlens=cu)
+    out = cpu.selective_state_update(
+        state, x, dt, A, B, C, D, dt_bias, **kw, out=torch.zeros(T, H, P)
+    )
+    ref = spec.selective_state_update(
+        ref_state, x, dt, A, B, C, D, dt_bias, **kw, out=torch.zeros(T, H, P)
+    )
+    close(out, ref, torch.float32)
+    close(state, ref_state, torch.float32)
+    # speculative: read column a-1, write every token's state to its dst column
+    state = torch.randn(16, H, P, N, generator=gen)
+    ref_state, before = state.clone(), state.clone()
+    src = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=torch.int32)
+    dst = torch.tensor([[10, 11, 12], [13, 0, 0], [14, 15, 0]], dtype=torch.int32)
+    acc = torch.tensor([2, 1, 3], dtype=torch.int32)
+    kw = dict(
+        z=z, dt_softplus=True, state_batch_indices=src, dst_state_batch_indices=dst,
+        num_accepted_tokens=acc, cu_seqlens=cu,
+    )  # fmt: skip
+    out = cpu.selective_state_update(state, x, dt, A, B, C, D, dt_bias, **kw)
+    ref = spec.selective_state_update(ref_state, x, dt, A, B, C, D, dt_bias, **kw)
+    close(out, ref, torch.float32)
+    close(state, ref_state, torch.float32)
+    assert torch.equal(state[:10], before[:10])
+
+
+def test_bad_input_raises_before_any_write(path) -> None:
+    gen = torch.Generator().manual_seed(15)
+    b, H, P, N = 2, 2, 4, 8
+    state = torch.randn(4, H, P, N, generator=gen)
+    before = state.clone()
+    x, dt, A, B, C, D, dt_bias, z = inputs(b, H, P, N, 1, torch.float32, True, gen)
+    with pytest.raises(ValueError, match="state_batch_indices"):
+        cpu.selective_state_update(
+            state, x, dt, A, B, C, D, dt_bias, state_batch_indices=torch.tensor([1, 4])
+        )
+    with pytest.raises(ValueError, match="'B'"):
+        cpu.selective_state_update(state, x, dt, A, B[:, :, :4], C, D, dt_bias)
+    with pytest.raises(ValueError, match="'state'"):
+        cpu.selective_state_update(state.expand(4, H, P, N)[:, :1].expand(4, H, P, N), x, dt, A,
+                                   B, C, D, dt_bias)  # fmt: skip
+    with pytest.raises(NotImplementedError, match="enable_stochastic_rounding"):
+        cpu.selective_state_update(state, x, dt, A, B, C, D, enable_stochastic_rounding=True)
+    assert torch.equal(state, before)
