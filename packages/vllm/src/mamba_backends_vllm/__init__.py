@@ -1,14 +1,48 @@
-"""mamba-backends vLLM plugin (entry point ``vllm.general_plugins``)."""
+"""mamba-backends vLLM plugin (entry point ``vllm.general_plugins``).
+
+``pip install mamba-backends[cpu,vllm]`` makes vLLM serve Mamba1, Mamba2 and LFM2 short-conv
+layers through the backend that :func:`mamba_backends.get_mamba_backend` selects for the current
+platform, with nothing in vLLM edited. See the package README and :mod:`.seams`.
+"""
 
 from __future__ import annotations
 
-import logging
+from typing import Any
+
+from mamba_backends_vllm._plugin import DISABLE_ENV, is_supported_vllm, unregister
+from mamba_backends_vllm.seams import SUPPORTED_VLLM_RANGE
 
 __version__ = "0.1.0"
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "DISABLE_ENV",
+    "SUPPORTED_VLLM_RANGE",
+    "is_supported_vllm",
+    "register",
+    "routing_table",
+    "unregister",
+]
 
 
 def register() -> None:
-    """vLLM general-plugin hook. The routing lands with the vLLM plugin work; until then no-op."""
-    logger.debug("mamba-backends vLLM plugin: nothing to register yet")
+    """vLLM general-plugin hook: route the mamba layers' kernels to mamba-backends.
+
+    Cheap and re-entrant; runs in every vLLM process. It stays native (logs once, changes
+    nothing) when ``MAMBA_BACKENDS_VLLM_DISABLE=1``, when vLLM is outside
+    :data:`SUPPORTED_VLLM_RANGE`, or when vLLM's platform does not map to the current
+    mamba-backends platform (CPU-cpu, CUDA-cuda, ROCm-rocm, XPU-xpu). It never raises.
+    """
+    from mamba_backends_vllm import _plugin
+
+    _plugin.register()
+
+
+def routing_table() -> dict[str, Any]:
+    """Which backend serves each mamba layer type in this process (JSON-friendly).
+
+    Inside a vLLM process this is what :func:`register` did; elsewhere it is the plan that
+    ``register`` would follow (this imports vLLM).
+    """
+    from mamba_backends_vllm import _plugin
+
+    return _plugin.routing_table()

@@ -12,6 +12,7 @@ This module imports vLLM; it is never imported by :func:`register` itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from vllm.v1.attention.backends.mamba1_attn import (
     Mamba1AttentionBackend,
@@ -55,6 +56,10 @@ class RoutedMamba1AttentionMetadata(_Tagged, Mamba1AttentionMetadata):
 class RoutedMamba1AttentionMetadataBuilder(Mamba1AttentionMetadataBuilder):
     metadata_cls = RoutedMamba1AttentionMetadata
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plugin.log_once()  # every process that runs the model (forked workers included)
+
 
 class RoutedMamba1AttentionBackend(Mamba1AttentionBackend):
     """vLLM's ``MAMBA1`` backend with mamba-backends kernels behind the layer."""
@@ -77,6 +82,10 @@ class RoutedMamba2AttentionMetadata(_Tagged, Mamba2AttentionMetadata):
 class RoutedMamba2AttentionMetadataBuilder(Mamba2AttentionMetadataBuilder):
     metadata_cls = RoutedMamba2AttentionMetadata
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plugin.log_once()  # every process that runs the model (forked workers included)
+
 
 class RoutedMamba2AttentionBackend(Mamba2AttentionBackend):
     """vLLM's ``MAMBA2`` backend with mamba-backends kernels behind the layer."""
@@ -98,6 +107,10 @@ class RoutedShortConvAttentionMetadata(_Tagged, ShortConvAttentionMetadata):
 
 class RoutedShortConvAttentionMetadataBuilder(ShortConvAttentionMetadataBuilder):
     metadata_cls = RoutedShortConvAttentionMetadata
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plugin.log_once()  # every process that runs the model (forked workers included)
 
 
 class RoutedShortConvAttentionBackend(ShortConvAttentionBackend):

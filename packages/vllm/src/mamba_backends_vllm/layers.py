@@ -5,7 +5,10 @@ Imported only once vLLM has imported the in-tree layer module (from the plugin's
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from vllm.model_executor.layers.mamba.mamba_mixer import MambaMixer
 from vllm.model_executor.layers.mamba.short_conv import ShortConv
 
 
@@ -21,3 +24,22 @@ class RoutedShortConv(ShortConv):
 
     def forward_native(self, hidden_states: torch.Tensor, output: torch.Tensor) -> None:
         self.forward_cuda(hidden_states, output)
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0].contiguous(), *args[1:])
+
+
+class RoutedMambaMixer(MambaMixer):
+    """``MambaMixer`` whose ``out_proj`` input is made contiguous.
+
+    ``forward_impl`` hands ``out_proj`` a transposed ``(T, dim)`` view; after a mixed
+    prefill+decode step (``torch.cat`` of the two outputs) its last stride is ``T``, which vLLM's
+    CPU oneDNN GEMM rejects (``a.stride(-1) == 1``). CUDA GEMMs accept it, and vLLM never ran
+    Mamba1 on CPU, so this never showed. A forward pre-hook copies only when needed
+    (``contiguous()`` is free on a contiguous tensor); the layer code itself is vLLM's.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.out_proj.register_forward_pre_hook(_contiguous_input)

@@ -92,6 +92,9 @@ ROUTES: tuple[KernelRoute, ...] = (
             "Mamba1AttentionMetadata",
             "Mamba1AttentionMetadataBuilder",
         ),
+        # forward_impl feeds out_proj a transposed view that vLLM's CPU GEMM rejects after a
+        # mixed prefill+decode step; the OOT subclass makes that input contiguous.
+        oot_layer="mamba_backends_vllm.layers:RoutedMambaMixer",
     ),
     KernelRoute(
         mamba_type="mamba2",
@@ -199,11 +202,6 @@ SEAMS: tuple[Seam, ...] = (
         "unregister() restores vLLM's own backends",
     ),
     Seam(
-        f"{_B}.mamba_attn",
-        "BaseMambaAttentionMetadataBuilder.metadata_cls",
-        "our builders set metadata_cls to a subclass of the metadata the layers assert",
-    ),
-    Seam(
         "vllm.model_executor.custom_op",
         "PluggableLayer.register_oot",
         "register the OOT ShortConv subclass, keyed by the in-tree class name",
@@ -212,6 +210,11 @@ SEAMS: tuple[Seam, ...] = (
         "vllm.model_executor.custom_op",
         "op_registry_oot",
         "re-entrancy: do not register an OOT layer twice (register_oot asserts)",
+    ),
+    Seam(
+        f"{_L}.mamba_mixer",
+        "MambaMixer.forward_impl",
+        "passes self.out_proj a transposed view; RoutedMambaMixer hooks out_proj's input",
     ),
     Seam(
         f"{_L}.short_conv",
@@ -251,6 +254,15 @@ def all_seams() -> tuple[Seam, ...]:
         module, backend, meta, builder = r.vllm_backend
         for cls in (backend, meta, builder):
             seams.append(Seam(module, cls, f"subclassed for {r.mamba_type}{tag}", r.versions))
+        if r.active:
+            seams.append(
+                Seam(
+                    module,
+                    f"{builder}.metadata_cls",
+                    "our builder sets metadata_cls to a subclass of the metadata the layer asserts",
+                    r.versions,
+                )
+            )
         seams.append(
             Seam(
                 f"{_B}.registry",

@@ -1,0 +1,150 @@
+"""Tiny random-weight checkpoints (safetensors + config.json) for the end-to-end tests.
+
+Weights are drawn with std ~0.15 (norms ~1, A/dt/D in their usual ranges) so that the sequence
+mixers visibly change the logits; vLLM's ``load_format="dummy"`` is near zero and hides bugs.
+The models are built with HF transformers' own classes, so the checkpoint names are the real
+ones and HF can serve as an oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VOCAB = 512
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "A_log" in name:
+                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 7 + 1))
+            elif "dt_bias" in name or "dt_proj.bias" in name:
+                dt = torch.exp(torch.rand(p.shape, generator=g) * (math.log(0.1) - math.log(1e-3)))
+                dt = dt * 1e-3
+                p.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            elif name.endswith(".D") or name == "D":
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=g))
+            elif "norm" in name or "layernorm" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            elif "conv" in name and name.endswith("weight"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            elif "embed" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.15 * torch.randn(p.shape, generator=g))
+
+
+def _save(model: Any, out: Path, extra_config: dict[str, Any] | None = None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    if extra_config:
+        cfg_path = out / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg.update(extra_config)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def write_mamba2(out: Path, seed: int = 0, **overrides: Any) -> Path:
+    """Mamba2ForCausalLM: hidden 64, 8 heads x 16, N=16, G=1, W=4, 2 layers, chunk 32."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    kw: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_heads=8,
+        head_dim=16,
+        expand=2,
+        n_groups=1,
+        state_size=16,
+        conv_kernel=4,
+        num_hidden_layers=2,
+        chunk_size=32,
+        tie_word_embeddings=False,
+        use_conv_bias=True,
+        use_bias=False,
+        rms_norm=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    kw.update(overrides)
+    model = Mamba2ForCausalLM(Mamba2Config(**kw))
+    _randomize(model, seed)
+    return _save(model, out)
+
+
+def write_mamba1(out: Path, seed: int = 0) -> Path:
+    """MambaForCausalLM: hidden 64, d_inner 128, N=16, W=4, 2 layers."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    cfg = MambaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        state_size=16,
+        expand=2,
+        conv_kernel=4,
+        num_hidden_layers=2,
+        time_step_rank=8,
+        use_conv_bias=True,
+        use_bias=False,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = MambaForCausalLM(cfg)
+    _randomize(model, seed)
+    return _save(model, out)
+
+
+def write_lfm2(out: Path, seed: int = 0) -> Path:
+    """Lfm2ForCausalLM: hidden 128, conv layers 0, 2 and an attention layer 1 (2 heads x 64)."""
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    layer_types = ["conv", "full_attention", "conv"]
+    cfg = Lfm2Config(
+        vocab_size=VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=len(layer_types),
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        layer_types=layer_types,
+        conv_L_cache=3,
+        conv_bias=False,
+        block_multiple_of=32,
+        block_ffn_dim_multiplier=1.0,
+        block_auto_adjust_ff_dim=False,
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = Lfm2ForCausalLM(cfg)
+    _randomize(model, seed)
+    # vLLM's Lfm2 reads keys that transformers' Lfm2Config does not carry.
+    extra = {
+        "conv_dim": 128,
+        "conv_dim_out": 128,
+        "block_dim": 128,
+        "block_ff_dim": 256,
+        "block_multiple_of": 32,
+        "block_ffn_dim_multiplier": 1.0,
+        "block_auto_adjust_ff_dim": False,
+    }
+    return _save(model, out, extra)
+
+
+def prompts(seed: int = 0) -> list[list[int]]:
+    """Ten prompts of 3 to 131 tokens (ids in [3, VOCAB))."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [3, 7, 12, 25, 40, 57, 64, 77, 103, 131]
+    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths]
