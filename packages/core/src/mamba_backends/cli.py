@@ -12,7 +12,7 @@ from mamba_backends.info import collect_info, format_info
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    info = collect_info()
+    info = collect_info(vllm=True if args.vllm else None)
     out = json.dumps(info, indent=2) if args.json else format_info(info)
     sys.stdout.write(out + "\n")
     return 0 if all("error" not in b for b in info["backends"].values()) else 1
@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="platform, device, packages and backend per mamba type")
     p_info.add_argument("--json", action="store_true", help="machine-readable output")
+    p_info.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also show which backend the vLLM plugin routes each vLLM mamba layer to "
+        "(automatic inside a vLLM process; imports vLLM)",
+    )
     p_info.set_defaults(func=_cmd_info)
 
     # Subcommands that live in their own modules, imported only when run.

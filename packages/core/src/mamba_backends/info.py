@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from importlib import metadata
 from typing import Any
 
@@ -35,8 +36,29 @@ def installed_packages() -> dict[str, str]:
     return found
 
 
-def collect_info() -> dict[str, Any]:
-    """Everything ``info`` shows, as a JSON-friendly dict."""
+def vllm_routing() -> dict[str, Any] | None:
+    """The vLLM plugin's routing table (which backend serves each vLLM mamba layer type).
+
+    None when the plugin is not installed. Inside a vLLM process this is what the plugin did;
+    elsewhere it is the plan it would follow (this imports vLLM).
+    """
+    try:
+        from mamba_backends_vllm import routing_table  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    try:
+        return dict(routing_table())
+    except Exception as e:  # noqa: BLE001 - report it and keep going
+        return {"summary": f"error: {type(e).__name__}: {e}", "layers": {}}
+
+
+def collect_info(vllm: bool | None = None) -> dict[str, Any]:
+    """Everything ``info`` shows, as a JSON-friendly dict.
+
+    Args:
+        vllm: include the vLLM plugin's routing table; by default only when vLLM is already
+            imported in this process (``info`` run inside a vLLM process).
+    """
     sel = get_platform_selection()
     backends: dict[str, Any] = {}
     for mamba_type in MAMBA_TYPES:
@@ -50,7 +72,9 @@ def collect_info() -> dict[str, Any]:
             "class": choice.path,
             "rule": choice.rule,
         }
-    return {
+    if vllm is None:
+        vllm = "vllm" in sys.modules
+    info: dict[str, Any] = {
         "platform": {**sel.platform.describe(), "rule": sel.rule},
         "platform_candidates": list(sel.candidates),
         "platform_skipped": list(sel.skipped),
@@ -58,6 +82,9 @@ def collect_info() -> dict[str, Any]:
         "packages": installed_packages(),
         "backends": backends,
     }
+    if vllm:
+        info["vllm"] = vllm_routing()
+    return info
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -81,4 +108,18 @@ def format_info(info: dict[str, Any]) -> str:
             lines.append(f"  {mamba_type:<18} ERROR: {b['error']}")
         else:
             lines.append(f"  {mamba_type:<18} {b['backend']:<28} {b['rule']:<9} {b['class']}")
+    if "vllm" in info:
+        routing = info["vllm"]
+        if routing is None:
+            lines.append("vllm     : plugin not installed (pip install 'mamba-backends[vllm]')")
+        else:
+            lines.append(
+                f"vllm     : plugin {routing.get('summary', '?')}  ({routing.get('source', '')})"
+            )
+            for layer_type, r in routing.get("layers", {}).items():
+                served = r.get("backend") or "-"
+                lines.append(
+                    f"  {layer_type:<18} {r.get('layer_class', ''):<16} {r.get('status', ''):<8} "
+                    f"{served:<22} {r.get('rule') or ''} {r.get('reason') or ''}".rstrip()
+                )
     return "\n".join(lines)
