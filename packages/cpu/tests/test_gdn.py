@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import pytest
 import torch
 
 from mamba_backends.reference import gdn as spec
+from mamba_backends_cpu.ops import _native_gdn
 from mamba_backends_cpu.ops import gdn as cpu
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -21,6 +23,20 @@ def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> N
     scale = max(e.abs().max().item(), 1e-3)
     err = (a - e).abs().max().item()
     assert err <= TOL[dtype] * scale, f"max err {err:.3g} vs scale {scale:.3g} ({dtype})"
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on the fused C kernels and on the PyTorch fallback."""
+    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1" if request.param == "native" else "0")
+    if request.param == "native" and shutil.which("cc") is None:
+        pytest.skip("no C compiler: native kernels unavailable")
+    return str(request.param)
+
+
+def test_native_builds_here(path: str) -> None:
+    """With a compiler the kernels must build (a build failure would silently fall back)."""
+    assert _native_gdn.available() == (path == "native")
 
 
 def make(
@@ -82,6 +98,7 @@ def test_chunk_bf16_gemm_policy(bf16_gemms: bool, monkeypatch: pytest.MonkeyPatc
     """bf16 inputs: bf16 GEMM operands (default) stay within bf16 tolerance; with the policy
     off every product is fp32 and the error is the output rounding alone."""
     monkeypatch.setattr(cpu, "BF16_GEMMS", bf16_gemms)
+    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "0")  # a policy of the PyTorch path
     q, k, v, g, beta = make(150, 2, 4, 32, 16, torch.bfloat16, l2=True, seed=9)
     h0 = torch.randn(1, 4, 16, 32) * 0.5
     kw: dict[str, Any] = dict(
@@ -306,3 +323,90 @@ def test_cpu_matches_hf_qwen3_next_at_500(l2: bool) -> None:
     )
     close(o3, o4, torch.float32)
     close(pool, f4.transpose(-1, -2), torch.float32)
+
+
+# ------------------------------------------------------------------ kernel-path coverage
+
+
+def test_long_speculative_and_per_token_states_partial_value_block() -> None:
+    """More tokens per sequence than the decode kernel takes (the tile kernel runs) with
+    per-token state slots (2-D indices) and per-token state outputs; V = 40 is not a
+    multiple of the 32-row block."""
+    H, HV, K, V, L = 1, 2, 16, 40, 12
+    q, k, v, g, _ = make(2 * L, H, HV, K, V, torch.float32, l2=True, seed=11)
+    beta = torch.rand(1, 2 * L, HV, V)
+    cu = torch.tensor([0, L, 2 * L])
+    idx = torch.cat([torch.arange(1, 13), torch.arange(13, 25)]).view(2, L)
+    idx[1, 3] = -1  # a pad slot mid-sequence: that state is not written
+    acc = torch.tensor([1, 2])
+    pools = [torch.randn(26, HV, V, K) * 0.5 for _ in range(2)]
+    pools[1].copy_(pools[0])
+    before = pools[0].clone()
+    outs = []
+    for mod, pool in zip((cpu, spec), pools, strict=True):
+        kw: dict[str, Any] = dict(cu_seqlens=cu, use_qk_l2norm_in_kernel=True)
+        o, _ = mod.fused_recurrent_gated_delta_rule(
+            q, k, v, g, beta, initial_state=pool, ssm_state_indices=idx,
+            num_accepted_tokens=acc, **kw,
+        )  # fmt: skip
+        o2, st = mod.fused_recurrent_gated_delta_rule(
+            q, k, v, g, beta, initial_state=before[[1, 14]], inplace_final_state=False, **kw
+        )
+        outs.append((o, o2, st))
+    for a, e in zip(outs[0], outs[1], strict=True):
+        close(a, e, torch.float32)
+    close(pools[0], pools[1], torch.float32)
+    assert torch.equal(pools[0][0], before[0]) and torch.equal(pools[0][25], before[25])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunk_short_sequences_strided_inputs_and_output(dtype: torch.dtype) -> None:
+    """Sequences of at most 8 tokens (the decode kernel runs, one empty: its state passes
+    through), q/k/v as strided views of one mixed projection, fp16 strided initial state,
+    a non-contiguous core_attn_out."""
+    H, HV, K, V = 2, 4, 16, 8
+    T = 19
+    gen = torch.Generator().manual_seed(12)
+    mixed = torch.randn(1, T, 2 * H * K + HV * V, generator=gen).to(dtype)
+    q = mixed[..., : H * K].unflatten(-1, (H, K))
+    k = mixed[..., H * K : 2 * H * K].unflatten(-1, (H, K))
+    v = mixed[..., 2 * H * K :].unflatten(-1, (HV, V))
+    g = torch.nn.functional.logsigmoid(torch.randn(1, T, HV, generator=gen) + 2)
+    beta = torch.rand(1, T, HV, generator=gen).to(dtype)
+    cu = torch.tensor([0, 3, 3, 11, 19])
+    h0 = (torch.randn(4, HV, K, V, generator=gen) * 0.5).to(torch.float16).transpose(-1, -2)
+    out = torch.zeros(1, T, V, HV, dtype=dtype).transpose(-1, -2)
+    kw: dict[str, Any] = dict(
+        initial_state=h0, output_final_state=True, cu_seqlens=cu, use_qk_l2norm_in_kernel=True
+    )
+    o1, f1 = cpu.chunk_gated_delta_rule(q, k, v, g, beta, core_attn_out=out, **kw)
+    o2, f2 = spec.chunk_gated_delta_rule(q, k, v, g, beta, **kw)
+    assert o1 is out and f1 is not None and f2 is not None
+    close(o1, o2, dtype)
+    close(f1, f2, dtype)
+    assert torch.equal(f1[1], h0[1].float())
+
+
+def test_decay_underflow_and_zero_decay() -> None:
+    """A long run of strong decay (the product of decays falls below fp32's range) and
+    tokens whose decay is exactly 0 in fp32 (the state is wiped)."""
+    H, HV, K, V, T = 1, 2, 16, 32, 300
+    q, k, v, _, beta = make(T, H, HV, K, V, torch.float32, l2=True, seed=13)
+    g = torch.full((1, T, HV), -0.4)
+    g[:, 150, 0] = -200.0  # exp underflows to 0
+    h0 = torch.randn(1, HV, V, K)
+    kw: dict[str, Any] = dict(
+        initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True
+    )
+    o1, f1 = cpu.chunk_gated_delta_rule(q, k, v, g, beta, **kw)
+    o2, f2 = spec.chunk_gated_delta_rule(q, k, v, g, beta, **kw)
+    assert f1 is not None and f2 is not None
+    close(o1, o2, torch.float32)
+    close(f1, f2, torch.float32)
+    # the same through the recurrent op
+    pool = h0.clone()
+    o3, _ = cpu.fused_recurrent_gated_delta_rule(
+        q, k, v, g, beta, initial_state=pool, use_qk_l2norm_in_kernel=True
+    )
+    close(o3, o2, torch.float32)
+    close(pool, f2, torch.float32)

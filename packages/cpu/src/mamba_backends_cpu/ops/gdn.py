@@ -25,6 +25,13 @@ per chunk index, over every sequence that still has that chunk. Decode
 (:func:`fused_recurrent_gated_delta_rule`) is vectorised over sequences and heads, in blocks
 of sequences whose states stay cache-resident: gather (``index_select``), one read for
 ``S @ k`` and ``S @ q``, an in-place rank-1 update, scatter (``index_copy_``).
+
+Native path: when the C kernels of :mod:`._native_gdn` are available (a C compiler, and
+``MAMBA_BACKENDS_CPU_NATIVE`` not ``0``) and every tensor is fp32/bf16/fp16, all three ops
+run as one fused C pass instead: gating elementwise; prefill and decode as the token-by-token
+delta-rule recurrence in fp32, parallel over (sequence, value head), reading and writing
+inputs, outputs and states in place through their strides (no gathers, no temporaries). The
+PyTorch code above stays the fallback (and the float64 path).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from mamba_backends.reference.gdn import (
     check_fused_gdn_gating_args,
     check_fused_recurrent_gated_delta_rule_args,
 )
+from mamba_backends_cpu.ops import _native_gdn
 
 #: Tokens per chunk of the prefill kernel (a power of two).
 CHUNK_SIZE = 64
@@ -99,6 +107,8 @@ def fused_gdn_gating(
     ``beta_output: [1, T, HV]`` in ``b.dtype``.
     """
     check_fused_gdn_gating_args(A_log, a, b, dt_bias, beta, threshold)
+    if _native_gdn.supported(A_log, a, b, dt_bias) and _native_gdn.available():
+        return _native_gdn.gating(A_log, a, b, dt_bias, beta, threshold)
     x = a.float() + dt_bias.float()
     g = -torch.exp(A_log.float()) * F.softplus(x, beta=beta, threshold=threshold)
     return g.unsqueeze(0), torch.sigmoid(b.float()).to(b.dtype).unsqueeze(0)
@@ -134,6 +144,48 @@ def _unit_lower_inverse(A: Tensor) -> Tensor:
     return inv[:, 0]
 
 
+def _chunk_native(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    scale: float,
+    initial_state: Tensor | None,
+    output_final_state: bool,
+    cu_seqlens: Tensor | None,
+    l2norm: bool,
+    core_attn_out: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """Prefill by the fused C recurrence (:mod:`._native_gdn`), one pass per (sequence,
+    value head, block of value rows) with the block's state in L1; arguments checked."""
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    BT = B * T
+    starts, lens = _seq_starts_lens(B, T, cu_seqlens)
+    N = lens.numel()
+    slots = torch.arange(N, dtype=torch.int64)
+    none = torch.full((N,), -1, dtype=torch.int64)
+    src = slots if initial_state is not None else none
+    dst = slots if output_final_state else none
+    seq = torch.stack([starts, lens, src, dst], 1).contiguous()
+    direct = core_attn_out is not None and core_attn_out.is_contiguous()
+    if direct:
+        assert core_attn_out is not None
+        o = core_attn_out
+    else:
+        o = torch.empty(B, T, HV, V, dtype=q.dtype)
+    final = torch.empty(N, HV, V, K, dtype=torch.float32) if output_final_state else None
+    _native_gdn.delta_rule(
+        q.reshape(BT, H, K), k.reshape(BT, H, K), v.reshape(BT, HV, V), g, beta,
+        o.view(BT, HV, V), scale, l2norm, seq, initial_state, final, 0, None,
+        int(lens.max()) if N else 0,
+    )  # fmt: skip
+    if core_attn_out is not None and not direct:
+        o = core_attn_out.copy_(o)
+    return o, final
+
+
 def chunk_gated_delta_rule(
     q: Tensor,
     k: Tensor,
@@ -160,6 +212,13 @@ def chunk_gated_delta_rule(
     B, T, H, HV, K, V, N = check_chunk_gated_delta_rule_args(
         q, k, v, g, beta, scale, initial_state, cu_seqlens, core_attn_out
     )
+    if _native_gdn.supported(q, k, v, g, beta, initial_state, core_attn_out) and (
+        _native_gdn.available()
+    ):
+        return _chunk_native(
+            q, k, v, g, beta, K**-0.5 if scale is None else float(scale), initial_state,
+            output_final_state, cu_seqlens, use_qk_l2norm_in_kernel, core_attn_out,
+        )  # fmt: skip
     cdt = _compute_dtype(q.dtype)
     C = CHUNK_SIZE
     BT = B * T
@@ -342,6 +401,37 @@ def fused_recurrent_gated_delta_rule(
     keep = lens > 0
     if ssm_state_indices is not None:
         keep &= src > 0
+    if _native_gdn.supported(q, k, v, g, beta, initial_state) and _native_gdn.available():
+        two_d = ssm_state_indices is not None and ssm_state_indices.dim() == 2
+        lens_run = torch.where(keep, lens, 0)
+        none = torch.full_like(src, -1)
+        has_state = initial_state is not None
+        seq = torch.stack(
+            [
+                starts,
+                lens_run,
+                src if has_state else none,
+                torch.where(keep, src, -1) if has_state else none,
+            ],
+            1,
+        ).contiguous()
+        o = torch.zeros(B, T, HV, V, dtype=q.dtype)
+        state_out: Tensor | None = initial_state
+        mode = 0
+        if not inplace_final_state:
+            sdt = torch.float32 if initial_state is None else initial_state.dtype
+            state_out = torch.zeros(BT, HV, V, K, dtype=sdt)
+            mode = 2
+        elif two_d:
+            mode = 1
+        _native_gdn.delta_rule(
+            q.reshape(BT, H, K), k.reshape(BT, H, K), v.reshape(BT, HV, V), g, beta,
+            o.view(BT, HV, V), sc, use_qk_l2norm_in_kernel, seq, initial_state, state_out,
+            mode, idx.contiguous() if mode == 1 else None, int(lens_run.max()) if N else 0,
+        )  # fmt: skip
+        assert state_out is not None
+        return o, state_out
+
     live = torch.nonzero(keep).flatten()  # sequences that run
     src_l, starts_l, lens_l = src[live], starts[live], lens[live]
     NL = live.numel()
