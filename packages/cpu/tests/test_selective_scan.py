@@ -91,6 +91,34 @@ def test_varlen_matches_spec(path, dtype, state_dtype, case, G, tokens_last) -> 
             assert torch.equal(states[s], before[s]), f"slot {s} changed"
 
 
+@pytest.mark.parametrize(
+    ("Dm", "N", "G"),
+    [(40, 16, 1), (40, 32, 2), (24, 8, 1), (18, 80, 1)],  # partial 16-channel blocks, N
+)  # 16 (registers), 32/8 (any N up to 64), 80 (scalar kernel)
+@pytest.mark.parametrize("softplus", [True, False])
+@pytest.mark.parametrize("with_z", [True, False])
+@pytest.mark.parametrize("tokens_last", [True, False])
+def test_channel_blocks_and_state_sizes(path, Dm, N, G, softplus, with_z, tokens_last) -> None:
+    gen = torch.Generator().manual_seed(Dm + N + G)
+    lens = [37, 16, 70]  # tiles of 16 tokens: partial, exact, partial
+    T = sum(lens)
+    u, delta, A, B, C, D, z, bias = make(Dm, N, G, T, torch.float32, gen, tokens_last=tokens_last)
+    if not softplus:  # dt is used as given: keep it positive (decaying states)
+        delta, bias = delta.abs() * 0.5, bias.abs()
+    states = torch.randn(5, Dm, N, generator=gen)
+    ref_states = states.clone()
+    qsl, idx = qsl_of(lens), torch.tensor([3, 1, 4], dtype=torch.int32)
+    hi = torch.tensor([True, False, True])
+    d1, d2 = delta.clone(), delta.clone()
+    z1, z2 = (z.clone(), z.clone()) if with_z else (None, None)
+    cpu.selective_scan_fn(u, states, d1, A, B, C, D, z1, bias, softplus, qsl, idx, hi)
+    spec.selective_scan_fn(u, ref_states, d2, A, B, C, D, z2, bias, softplus, qsl, idx, hi)
+    close(d1, d2, torch.float32)
+    if z1 is not None and z2 is not None:
+        close(z1, z2, torch.float32)
+    close(states, ref_states, torch.float32)
+
+
 def test_batched_form_without_z(path) -> None:
     gen = torch.Generator().manual_seed(5)
     nb, Dm, N, L = 3, 6, 4, 9

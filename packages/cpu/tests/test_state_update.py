@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import Any
 
@@ -35,6 +36,8 @@ def path(request, monkeypatch):
 def test_native_builds_here() -> None:
     if shutil.which("cc") is None:
         pytest.skip("no C compiler on this machine")
+    if os.environ.get("MAMBA_BACKENDS_CPU_NATIVE", "1") == "0":
+        pytest.skip("native kernels disabled by MAMBA_BACKENDS_CPU_NATIVE=0")
     assert _native.available()
 
 
@@ -121,6 +124,33 @@ def test_mamba1_form_and_dst_slots(path, state_dtype) -> None:
     close(state, ref_state, state_dtype)
     for s in (0, 1, 2, 3, 5):
         assert torch.equal(state[s], before[s])
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("N", [8, 48])  # 48: an odd count of 16-lane vectors; 8: none
+def test_2d_strided_indices_distinct_dst(path, state_dtype, index_dtype, N) -> None:
+    """(R, T) index tables (column 0 is a strided view) in either int dtype, dst != src."""
+    gen = torch.Generator().manual_seed(16)
+    b, H, P, G = 4, 3, 5, 1
+    state = state_pool(12, H, P, N, state_dtype, "contig", gen)
+    x, dt, A, B, C, D, dt_bias, z = inputs(b, H, P, N, G, torch.float32, True, gen)
+    src = torch.tensor([[4, 1, 1], [9, 2, 2], [0, 3, 3], [6, 5, 5]], dtype=index_dtype)
+    dst = torch.tensor([[7, 1, 1], [10, 2, 2], [11, 3, 3], [-1, 5, 5]], dtype=index_dtype)
+    ref_state, before = state.clone(), state.clone()
+    kw: dict[str, Any] = dict(
+        z=z, dt_softplus=True, state_batch_indices=src, dst_state_batch_indices=dst
+    )
+    out = torch.full((b, H, P), 5.0)
+    cpu.selective_state_update(state, x, dt, A, B, C, D, dt_bias, **kw, out=out)
+    ref = spec.selective_state_update(
+        ref_state, x, dt, A, B, C, D, dt_bias, **kw, out=torch.full((b, H, P), 5.0)
+    )
+    close(out, ref, torch.float32)
+    close(state, ref_state, state_dtype)
+    assert torch.equal(out[2], torch.full_like(out[2], 5.0))  # null source: row untouched
+    for s in (0, 1, 2, 3, 4, 5, 6, 8, 9):
+        assert torch.equal(state[s], before[s]), f"slot {s} changed"
 
 
 def test_no_indices_no_z_no_D(path) -> None:

@@ -124,7 +124,7 @@ def load_library(name: str, source: str, signatures: dict[str, list[Any]]) -> ct
 
 def _ssm_signatures() -> dict[str, list[Any]]:
     i64, vp, ci = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    ssu_args: list[Any] = [vp, ci, vp, vp, vp, i64, i64, ci, vp, vp, vp, ci] + [vp] * 6
+    ssu_args: list[Any] = [vp, ci, vp, vp, vp, ci, i64, i64, ci, vp, vp, vp, ci] + [vp] * 6
     ssu_args += [i64] * 5 + [ci, ci]
     conv_args: list[Any] = [vp, ci, i64, i64, i64, vp, i64, i64, ci, vp, i64, vp, vp, vp, i64]
     conv_args += [i64, i64, i64, ci, ci]
@@ -140,6 +140,8 @@ def _ssm_signatures() -> dict[str, list[Any]]:
 def available() -> bool:
     """Whether the native SSM kernels are built and enabled (builds them on first call)."""
     global _lib
+    if _lib is not None and os.environ.get("MAMBA_BACKENDS_CPU_NATIVE", "1") != "0":
+        return True  # decode calls this every step: skip the loader
     _lib = load_library("ssm", _SOURCE, _ssm_signatures())
     return _lib is not None
 
@@ -203,11 +205,12 @@ def ssu(
 ) -> None:
     """One fused decode step in place on ``state`` ``(slots, H, P, N)`` (any strides).
 
-    ``src``/``dst``: ``(R,)`` int64 slots or None (slot ``r``); a pad/null source skips the
-    request (its ``out`` rows untouched), a pad/null destination is not written. ``x``, ``dt``,
-    ``z``: ``(R, H, P)``; ``dt_bias``, ``D``: ``(H, P)``; ``A``: ``(H, P, N)``; ``B``, ``C``:
-    ``(R, G, N)``; ``out``: ``(R, H, P)`` fp32, written in place. Any strides (zero included):
-    with ``tied``, ``dt``/``dt_bias``/``A`` are read at ``p = n = 0`` only.
+    ``src``/``dst``: ``(R,)`` int32/int64 slots (any stride) or None (slot ``r``); a pad/null
+    source skips the request (its ``out`` rows untouched), a pad/null destination is not
+    written. ``x``, ``dt``, ``z``: ``(R, H, P)``; ``dt_bias``, ``D``: ``(H, P)``; ``A``:
+    ``(H, P, N)``; ``B``, ``C``: ``(R, G, N)``; ``out``: ``(R, H, P)`` fp32, written in place.
+    Any strides (zero included): with ``tied``, ``dt``/``dt_bias``/``A`` are read at
+    ``p = n = 0`` only.
     """
     assert _lib is not None
     R, H, P = x.shape
@@ -219,21 +222,23 @@ def ssu(
     Df = _f32(D) if D is not None else None
     zf = _f32(z) if z is not None else None
     zero2, zero3 = (0, 0), (0, 0, 0)
-    k = torch.tensor(
-        [
-            *state.stride(), *dt.stride(), *(dtb.stride() if dtb is not None else zero2),
-            *A.stride(), *B.stride()[:2], *C.stride()[:2],
-            *(Df.stride() if Df is not None else zero2),
-            *(zf.stride() if zf is not None else zero3), *out.stride(), *x.stride(),
-        ],
-        dtype=torch.int64,
+    if src is not None and dst is not None and src.dtype != dst.dtype:
+        src, dst = src.to(torch.int64), dst.to(torch.int64)
+    idx = src if src is not None else dst
+    idx32 = idx is not None and idx.dtype == torch.int32
+    k = (ctypes.c_int64 * 29)(
+        *state.stride(), *dt.stride(), *(dtb.stride() if dtb is not None else zero2),
+        *A.stride(), *B.stride()[:2], *C.stride()[:2],
+        *(Df.stride() if Df is not None else zero2),
+        *(zf.stride() if zf is not None else zero3), *out.stride(), *x.stride(),
+        src.stride(0) if src is not None else 0, dst.stride(0) if dst is not None else 0,
     )  # fmt: skip
 
     def opt(t: Tensor | None) -> int | None:
         return t.data_ptr() if t is not None else None
 
     _lib.mb_ssu(
-        _p(state), _DTYPE_CODE[state.dtype], _p(k), opt(src), opt(dst), pad_id,
+        _p(state), _DTYPE_CODE[state.dtype], k, opt(src), opt(dst), int(idx32), pad_id,
         null_id if null_id is not None else 0, int(null_id is not None), _p(x), _p(dt),
         opt(dtb), int(softplus), _p(A), _p(B), _p(C), opt(Df), opt(zf), _p(out), R, H, P, N,
         G, int(tied), torch.get_num_threads(),
@@ -338,6 +343,9 @@ def scan_varlen(
     Ac = A.to(torch.float32).contiguous()
     Df = D.reshape(-1).to(torch.float32).contiguous() if D is not None else None
     db = delta_bias.reshape(-1).to(torch.float32).contiguous() if delta_bias is not None else None
+    # The kernel reads a token's B and C rows as vectors: make n the unit-stride axis.
+    B = B if B.stride(1) == 1 else B.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+    C = C if C.stride(1) == 1 else C.permute(2, 0, 1).contiguous().permute(1, 2, 0)
     zs = z.stride() if z is not None else (0, 0)
     k = torch.tensor(
         [*u.stride(), *zs, *delta.stride(), *B.stride(), *C.stride()], dtype=torch.int64

@@ -8,6 +8,7 @@ SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 #include <stdlib.h>
+#include <math.h>
 
 /* exp for x <= 0 (clamped at -87), branch-free so that loops vectorise. */
 static inline float fexp(float x) {
@@ -55,6 +56,51 @@ static inline uint16_t f_to_bf16(float f) {
     uint32_t r = u.i + 0x7FFFu + ((u.i >> 16) & 1u);
     return (uint16_t)(r >> 16);
 }
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define MB_V512 1
+/* 16-lane exp, same range reduction and polynomial as fexp (inputs clamped to [-87, 88]). */
+static inline __m512 vexp(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n); /* p * 2^n */
+}
+/* 16 state elements of each storage dtype to and from fp32. */
+static inline __m512 ld16_f32(const void* p) { return _mm512_loadu_ps((const float*)p); }
+static inline void st16_f32(void* p, __m512 v) { _mm512_storeu_ps((float*)p, v); }
+static inline __m512 ld16_bf16(const void* p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+static inline void st16_bf16(void* p, __m512 v) {
+#if defined(__AVX512BF16__)
+    _mm256_storeu_si256((__m256i*)p, (__m256i)_mm512_cvtneps_pbh(v));
+#else /* round to nearest even by integer arithmetic */
+    const __m512i i = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(i, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_add_epi32(_mm512_add_epi32(i, _mm512_set1_epi32(0x7FFF)), odd);
+    _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+#endif
+}
+static inline __m512 ld16_f16(const void* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+}
+static inline void st16_f16(void* p, __m512 v) {
+    _mm256_storeu_si256((__m256i*)p,
+                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#endif
 
 /* Mamba1 scan: u, dt, y (T, Dm); B, C (T, G, N); A (Dm, N); h (S, Dm, N) in/out.
    Work item = (sequence, group, block of DB channels); tokens in order inside an item.
@@ -107,6 +153,220 @@ void mb_scan_f32(const float* u, const float* dt, const float* A, const float* B
     }
 }
 
+#ifdef MB_V512
+/* 2^t: t = n + r with n integer and |r| <= 1/2, 2^r by a degree-5 minimax polynomial
+   (relative error 2.4e-7 in fp32), 2^n by scalef. Valid for finite |t| < 2^100 (for
+   |t| >= 2^23, r = 0 and scalef saturates to 0 or inf); vexp2 clamps t below at -126. */
+static inline __m512 vexp2_nc(__m512 t) {
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.327647129073739e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.675540961325169e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550713092088699e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022120237350464e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931469440460205e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0000001192092896f));
+    return _mm512_scalef_ps(p, n);
+}
+#define vexp2(t) vexp2_nc(_mm512_max_ps((t), _mm512_set1_ps(-126.0f)))
+#define LOG2E 1.44269504088896341f
+/* 1/x for finite x > 0: rcp14 and one Newton step (relative error ~1e-8). */
+static inline __m512 vrcp(__m512 x) {
+    const __m512 r = _mm512_rcp14_ps(x);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
+}
+/* y * silu(z) = y * z / (1 + exp(-z)); exp(-z) is capped at 2^100 so that 1/(1 + e) stays
+   finite (the gate is then below 1e-30 anyway). */
+static inline __m512 vgate(__m512 y, __m512 z) {
+    const __m512 t = _mm512_min_ps(_mm512_mul_ps(z, _mm512_set1_ps(-LOG2E)),
+                                   _mm512_set1_ps(100.0f));
+    return _mm512_mul_ps(_mm512_mul_ps(y, z),
+                         vrcp(_mm512_add_ps(_mm512_set1_ps(1.0f), vexp2(t))));
+}
+/* softplus(x) = max(x, 0) + log1p(y), y = exp(-|x|), by the series of fsoftplus. */
+static inline __m512 vsoftplus(__m512 x) {
+    const __m512 ax = _mm512_abs_ps(x);
+    const __m512 y = vexp2(_mm512_mul_ps(ax, _mm512_set1_ps(-LOG2E)));
+    const __m512 r = _mm512_mul_ps(y, vrcp(_mm512_add_ps(y, _mm512_set1_ps(2.0f))));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    __m512 p = _mm512_set1_ps(1.0f / 11.0f);
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 9.0f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 7.0f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 5.0f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 3.0f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f));
+    return _mm512_fmadd_ps(_mm512_add_ps(r, r), p, _mm512_max_ps(x, _mm512_setzero_ps()));
+}
+
+/* 16 token values of one channel into a vector (lanes past tl are zero), any stride. */
+static inline __m512 ld_tok(const float* p, int64_t st, int64_t tl) {
+    const __mmask16 m = (__mmask16)((1u << tl) - 1u);
+    if (st == 1) return _mm512_maskz_loadu_ps(m, p);
+    float __attribute__((aligned(64))) b[16] = {0};
+    for (int64_t i = 0; i < tl; ++i) b[i] = p[i * st];
+    return _mm512_load_ps(b);
+}
+static inline void st_tok(float* p, int64_t st, int64_t tl, __m512 v) {
+    const __mmask16 m = (__mmask16)((1u << tl) - 1u);
+    if (st == 1) { _mm512_mask_storeu_ps(p, m, v); return; }
+    float __attribute__((aligned(64))) b[16];
+    _mm512_store_ps(b, v);
+    for (int64_t i = 0; i < tl; ++i) p[i * st] = b[i];
+}
+
+#ifndef SCAN_PF
+#define SCAN_PF 32
+#endif
+/* In-register transpose of a 16x16 tile: r[i] lane j <- r[j] lane i. */
+static inline void tr16(__m512* r) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 4; ++j) {
+            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+            t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xDD);
+        }
+    for (int j = 0; j < 8; ++j) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+    }
+}
+
+/* One work item of mb_scan_varlen: tokens [t0, t1) of the nd <= 16 channels d0.. (one
+   group). Lanes are channels; the state is N vectors (one per n) kept in registers across
+   tokens, so y accumulates without any horizontal sum. Per tile of 16 tokens, dt (biased,
+   softplussed) and dt*u are formed along t (one row per channel) and transposed into lane
+   order in registers; y is transposed back, then D*u and the z gate are applied along t.
+   B and C element n of token t is at t * bt + n * bn (resp. ct, cn). */
+static inline __attribute__((always_inline)) void scan_blk_v512(
+    const float* u, const float* dbias, int softplus, const float* A, const float* Bg,
+    const float* Cg, int64_t bt, int64_t bn, int64_t ct, int64_t cn, const float* Dp,
+    float* z, float* delta, float* hs, const int64_t* k, int64_t t0, int64_t t1,
+    int64_t d0, int64_t nd, int64_t N) {
+    __m512 h[64], a2[64], rdt[16], rxu[16], ry[16];
+    const __mmask16 m = (__mmask16)((1u << nd) - 1u);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i rowN = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)N));
+    for (int64_t n = 0; n < N; ++n) {
+        const __m512i ix = _mm512_add_epi32(rowN, _mm512_set1_epi32((int)n));
+        h[n] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, ix, hs + d0 * N, 4);
+        a2[n] = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, ix, A + d0 * N, 4),
+                              _mm512_set1_ps(LOG2E));
+    }
+    /* Channel-last views ((T, dim).t(), as vLLM's Mamba1 mixer passes them): a token's
+       channels are contiguous, so tiles load straight into lane order, no transposes. */
+    const int chan_last = k[0] == 1 && k[4] == 1 && (!z || k[2] == 1);
+    const __m512 dbv = dbias ? _mm512_maskz_loadu_ps(m, dbias + d0) : _mm512_setzero_ps();
+    const __m512 Dv = Dp ? _mm512_maskz_loadu_ps(m, Dp + d0) : _mm512_setzero_ps();
+    for (int64_t tb = t0; chan_last && tb < t1; ++tb) {
+        __m512 dtv = _mm512_add_ps(_mm512_maskz_loadu_ps(m, delta + d0 + tb * k[5]), dbv);
+        if (softplus) dtv = vsoftplus(dtv);
+        dtv = _mm512_min_ps(dtv, _mm512_set1_ps(1e18f));
+        const __m512 uv = _mm512_maskz_loadu_ps(m, u + d0 + tb * k[1]);
+        const __m512 xu = _mm512_mul_ps(dtv, uv);
+        const float* b = Bg + tb * bt;
+        const float* c = Cg + tb * ct;
+        __m512 acc0 = _mm512_mul_ps(Dv, uv), acc1 = _mm512_setzero_ps();
+        #pragma GCC unroll 16
+        for (int64_t n = 0; n < N; ++n) {
+            const __m512 e = vexp2_nc(_mm512_mul_ps(dtv, a2[n]));
+            h[n] = _mm512_fmadd_ps(e, h[n], _mm512_mul_ps(xu, _mm512_set1_ps(b[n * bn])));
+            if (n & 1) acc1 = _mm512_fmadd_ps(h[n], _mm512_set1_ps(c[n * cn]), acc1);
+            else acc0 = _mm512_fmadd_ps(h[n], _mm512_set1_ps(c[n * cn]), acc0);
+        }
+        const __m512 y = _mm512_add_ps(acc0, acc1);
+        _mm512_mask_storeu_ps(delta + d0 + tb * k[5], m, y);
+        if (z) {
+            float* zp = z + d0 + tb * k[3];
+            _mm512_mask_storeu_ps(zp, m, vgate(y, _mm512_maskz_loadu_ps(m, zp)));
+        }
+    }
+    for (int64_t tb = t0; !chan_last && tb < t1; tb += 16) {
+        const int64_t tl = t1 - tb < 16 ? t1 - tb : 16;
+        for (int64_t q = 0; q < 16; ++q) {
+            if (q >= nd) {
+                rdt[q] = rxu[q] = _mm512_setzero_ps();
+                continue;
+            }
+            const int64_t d = d0 + q;
+            /* 48 row streams are too many for the hardware prefetchers: fetch ahead */
+            _mm_prefetch((const char*)(delta + d * k[4] + (tb + SCAN_PF) * k[5]), _MM_HINT_T0);
+            _mm_prefetch((const char*)(u + d * k[0] + (tb + SCAN_PF) * k[1]), _MM_HINT_T0);
+            if (z) _mm_prefetch((const char*)(z + d * k[2] + (tb + SCAN_PF) * k[3]), _MM_HINT_T0);
+            __m512 dtv = _mm512_add_ps(ld_tok(delta + d * k[4] + tb * k[5], k[5], tl),
+                                       _mm512_set1_ps(dbias ? dbias[d] : 0.0f));
+            if (softplus) dtv = vsoftplus(dtv);
+            /* |dt * A * log2(e)| stays finite, which vexp2_nc needs */
+            dtv = _mm512_min_ps(dtv, _mm512_set1_ps(1e18f));
+            rdt[q] = dtv;
+            rxu[q] = _mm512_mul_ps(dtv, ld_tok(u + d * k[0] + tb * k[1], k[1], tl));
+        }
+        tr16(rdt);
+        tr16(rxu);
+        for (int64_t i = 0; i < tl; ++i) {
+            const float* b = Bg + (tb + i) * bt;
+            const float* c = Cg + (tb + i) * ct;
+            const __m512 dtv = rdt[i], xu = rxu[i];
+            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+            #pragma GCC unroll 16
+            for (int64_t n = 0; n < N; ++n) {
+                const __m512 e = vexp2_nc(_mm512_mul_ps(dtv, a2[n]));
+                h[n] = _mm512_fmadd_ps(e, h[n], _mm512_mul_ps(xu, _mm512_set1_ps(b[n * bn])));
+                if (n & 1) acc1 = _mm512_fmadd_ps(h[n], _mm512_set1_ps(c[n * cn]), acc1);
+                else acc0 = _mm512_fmadd_ps(h[n], _mm512_set1_ps(c[n * cn]), acc0);
+            }
+            ry[i] = _mm512_add_ps(acc0, acc1);
+        }
+        for (int64_t i = tl; i < 16; ++i) ry[i] = _mm512_setzero_ps();
+        tr16(ry);
+        for (int64_t q = 0; q < nd; ++q) {
+            const int64_t d = d0 + q;
+            const __m512 uv = ld_tok(u + d * k[0] + tb * k[1], k[1], tl);
+            const __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(Dp ? Dp[d] : 0.0f), uv, ry[q]);
+            st_tok(delta + d * k[4] + tb * k[5], k[5], tl, y);
+            if (z) {
+                float* zp = z + d * k[2] + tb * k[3];
+                st_tok(zp, k[3], tl, vgate(y, ld_tok(zp, k[3], tl)));
+            }
+        }
+    }
+    float __attribute__((aligned(64))) tmp[16];
+    for (int64_t n = 0; n < N; ++n) {
+        _mm512_store_ps(tmp, h[n]);
+        for (int64_t q = 0; q < nd; ++q) hs[(d0 + q) * N + n] = tmp[q];
+    }
+}
+
+static void scan_blk_v512_n16(const float* u, const float* dbias, int softplus,
+                              const float* A, const float* Bg, const float* Cg, int64_t bt,
+                              int64_t bn, int64_t ct, int64_t cn, const float* Dp, float* z,
+                              float* delta, float* hs, const int64_t* k, int64_t t0,
+                              int64_t t1, int64_t d0, int64_t nd) {
+    scan_blk_v512(u, dbias, softplus, A, Bg, Cg, bt, bn, ct, cn, Dp, z, delta, hs, k, t0, t1,
+                  d0, nd, 16);
+}
+
+static void scan_blk_v512_any(const float* u, const float* dbias, int softplus,
+                              const float* A, const float* Bg, const float* Cg, int64_t bt,
+                              int64_t bn, int64_t ct, int64_t cn, const float* Dp, float* z,
+                              float* delta, float* hs, const int64_t* k, int64_t t0,
+                              int64_t t1, int64_t d0, int64_t nd, int64_t N) {
+    scan_blk_v512(u, dbias, softplus, A, Bg, Cg, bt, bn, ct, cn, Dp, z, delta, hs, k, t0, t1,
+                  d0, nd, N);
+}
+#endif
+
 /* Mamba1 scan in vLLM's varlen layout, in place. Element (d, t) of u, z, delta at
    d*k[0] + t*k[1] (u), d*k[2] + t*k[3] (z), d*k[4] + t*k[5] (delta); dt = delta + dbias[d]
    (dbias may be NULL), softplussed when asked, is read before delta[d, t] is overwritten;
@@ -121,6 +381,27 @@ void mb_scan_varlen(const float* u, const float* dbias, int softplus, const floa
     memcpy(k, k_in, sizeof(k));
     const int64_t Dg = Dm / G;
     const int64_t nblk = (Dg + DB - 1) / DB;
+#ifdef MB_V512
+    if (N <= 64) {
+        #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+        for (int64_t item = 0; item < S * G * nblk; ++item) {
+            const int64_t s = item / (G * nblk), g = (item / nblk) % G;
+            if (!run[s]) continue;
+            const int64_t d0 = g * Dg + (item % nblk) * DB;
+            const int64_t nd = d0 + DB < (g + 1) * Dg ? DB : (g + 1) * Dg - d0;
+            float* hs = h + s * Dm * N;
+            if (N == 16)
+                scan_blk_v512_n16(u, dbias, softplus, A, B + g * k[6], C + g * k[9], k[8],
+                                  k[7], k[11], k[10], Dp, z, delta, hs, k, qsl[s], qsl[s + 1],
+                                  d0, nd);
+            else
+                scan_blk_v512_any(u, dbias, softplus, A, B + g * k[6], C + g * k[9], k[8],
+                                  k[7], k[11], k[10], Dp, z, delta, hs, k, qsl[s], qsl[s + 1],
+                                  d0, nd, N);
+        }
+        return;
+    }
+#endif
     #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t item = 0; item < S * G * nblk; ++item) {
         const int64_t s = item / (G * nblk), g = (item / nblk) % G;
@@ -352,10 +633,11 @@ void mb_conv_update(void* state, int dtype, int64_t s0, int64_t s1, int64_t s2,
    (vLLM's tied Mamba2 layout has zero strides; nothing is copied on the Python side).
    k[] holds element strides: state 0-3 (slot, h, p, n), dt 4-6 (r, h, p), dt_bias 7-8 (h, p),
    A 9-11 (h, p, n), B 12-13 (r, g; n contiguous), C 14-15, D 16-17 (h, p), z 18-20 (r, h, p),
-   out 21-23 (r, h, p), x 24-26 (r, h, p).
-   src/dst: (R,) int64 slots or NULL (slot = r); a source equal to pad/null skips the request
-   (no state read or written, out rows untouched); a destination equal to pad/null is not
-   written. dt_bias/D/z may be NULL. tied: dt, dt_bias and A are read once per (r, h). */
+   out 21-23 (r, h, p), x 24-26 (r, h, p), src 27 and dst 28 (r).
+   src/dst: (R,) int32 (idx32) or int64 slots or NULL (slot = r); a source equal to pad/null
+   skips the request (no state read or written, out rows untouched); a destination equal to
+   pad/null is not written. dt_bias/D/z may be NULL. tied: dt, dt_bias and A are read once
+   per (r, h). */
 static inline float softplus_f(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
 
 #define SSU_LOOP(LOAD, STORE)                                                          \
@@ -434,24 +716,97 @@ static inline float softplus_f(float v) { return v > 20.0f ? v : log1pf(expf(v))
         }                                                                              \
     }
 
+#ifdef MB_V512
+/* Tied rows with N a multiple of 16 (at most 256), AVX-512: B and C of the head stay in
+   registers across its P rows, each row is read and written once as 16-lane vectors and
+   reduced to y[p] = sum_n h[p, n] C[n]. ``in``/``o``: row p at p * ps elements. */
+#define SSU_V512_FN(SFX, T_)                                                            \
+static inline __attribute__((always_inline)) void ssu_rows_##SFX##_body(                \
+    const T_* in, T_* o, int64_t ps, const float* b, const float* c, float dA,         \
+    float dt0, const float* x, int64_t xs, float* yrow, int64_t P, int64_t nv) {        \
+    __m512 vb[16], vc[16];                                                              \
+    for (int64_t j = 0; j < nv; ++j) {                                                  \
+        vb[j] = _mm512_loadu_ps(b + 16 * j);                                            \
+        vc[j] = _mm512_loadu_ps(c + 16 * j);                                            \
+    }                                                                                   \
+    const __m512 vdA = _mm512_set1_ps(dA);                                              \
+    for (int64_t p = 0; p < P; ++p) {                                                   \
+        const T_* ip = in + p * ps;                                                     \
+        T_* op = o + p * ps;                                                            \
+        const __m512 vx = _mm512_set1_ps(x[p * xs] * dt0);                              \
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();                  \
+        for (int64_t j = 0; j < nv; j += 2) {                                           \
+            __m512 v = _mm512_fmadd_ps(ld16_##SFX(ip + 16 * j), vdA,                    \
+                                       _mm512_mul_ps(vx, vb[j]));                       \
+            st16_##SFX(op + 16 * j, v);                                                 \
+            acc0 = _mm512_fmadd_ps(v, vc[j], acc0);                                     \
+            if (j + 1 < nv) {                                                           \
+                v = _mm512_fmadd_ps(ld16_##SFX(ip + 16 * j + 16), vdA,                  \
+                                    _mm512_mul_ps(vx, vb[j + 1]));                      \
+                st16_##SFX(op + 16 * j + 16, v);                                        \
+                acc1 = _mm512_fmadd_ps(v, vc[j + 1], acc1);                             \
+            }                                                                           \
+        }                                                                               \
+        yrow[p] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));                      \
+    }                                                                                   \
+}                                                                                       \
+static void ssu_rows_##SFX(const T_* in, T_* o, int64_t ps, const float* b,            \
+                           const float* c, float dA, float dt0, const float* x,        \
+                           int64_t xs, float* yrow, int64_t P, int64_t N) {             \
+    if (N == 128) ssu_rows_##SFX##_body(in, o, ps, b, c, dA, dt0, x, xs, yrow, P, 8);   \
+    else if (N == 64) ssu_rows_##SFX##_body(in, o, ps, b, c, dA, dt0, x, xs, yrow, P, 4);\
+    else ssu_rows_##SFX##_body(in, o, ps, b, c, dA, dt0, x, xs, yrow, P, N / 16);       \
+}
+SSU_V512_FN(f32, float)
+SSU_V512_FN(bf16, uint16_t)
+SSU_V512_FN(f16, _Float16)
+
+/* The tied fast path of one (request, head) through ssu_rows_*: y rows, then D and z. */
+#define SSU_V512_HEAD(SFX)                                                              \
+    {                                                                                   \
+        float yrow[1024];                                                               \
+        ssu_rows_##SFX(base + src * k[0] + hh * k[1], base + dst * k[0] + hh * k[1],   \
+                       k[2], b, c, dAt, dt0, x + r * k[24] + hh * k[25], k[26], yrow,  \
+                       P, N);                                                           \
+        for (int64_t p = 0; p < P; ++p) {                                               \
+            const float xv = x[r * k[24] + hh * k[25] + p * k[26]];                    \
+            float acc = yrow[p];                                                        \
+            if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                            \
+            if (z) {                                                                    \
+                const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                \
+                acc *= zv / (1.0f + fexp(-zv));                                        \
+            }                                                                           \
+            out[r * k[21] + hh * k[22] + p * k[23]] = acc;                             \
+        }                                                                               \
+    }
+#define SSU_V512_OK (tied && wr && sn == 1 && N % 16 == 0 && N <= 256 && P <= 1024)
+#else
+#define SSU_V512_OK 0
+#define SSU_V512_HEAD(SFX) {}
+#endif
+
 #define SSU_DISPATCH(LOAD, STORE)                                                      \
     if (tied && wr && sn == 1 && N == 128) SSU_TIED_FAST(128, LOAD, STORE)             \
     else if (tied && wr && sn == 1 && N == 64) SSU_TIED_FAST(64, LOAD, STORE)          \
     else SSU_LOOP(LOAD, STORE)
 
-void mb_ssu(void* state, int dtype, const int64_t* k_in, const int64_t* src_slot,
-            const int64_t* dst_slot, int64_t pad_id, int64_t null_id, int has_null,
+static inline int64_t slot_at(const void* t, int is32, int64_t i) {
+    return is32 ? (int64_t)((const int32_t*)t)[i] : ((const int64_t*)t)[i];
+}
+
+void mb_ssu(void* state, int dtype, const int64_t* k_in, const void* src_slot,
+            const void* dst_slot, int idx32, int64_t pad_id, int64_t null_id, int has_null,
             const float* x, const float* dt, const float* dtb, int sp_, const float* A,
             const float* B, const float* C, const float* Dp, const float* z, float* out,
             int64_t R, int64_t H, int64_t P, int64_t N, int64_t G, int tied, int nthreads) {
-    int64_t k[27];
+    int64_t k[29];
     memcpy(k, k_in, sizeof(k)); /* local copy: provably not aliased by the stores */
     const int64_t rep = H / G, sn = k[3], an = k[11];
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t item = 0; item < R * H; ++item) {
         const int64_t r = item / H, hh = item % H;
-        const int64_t src = src_slot ? src_slot[r] : r;
-        const int64_t dst = dst_slot ? dst_slot[r] : src;
+        const int64_t src = src_slot ? slot_at(src_slot, idx32, r * k[27]) : r;
+        const int64_t dst = dst_slot ? slot_at(dst_slot, idx32, r * k[28]) : src;
         if (src_slot && (src == pad_id || (has_null && src == null_id))) continue;
         const int wr = !(dst_slot && (dst == pad_id || (has_null && dst == null_id)));
         const float* b = B + r * k[12] + (hh / rep) * k[13];
@@ -465,10 +820,15 @@ void mb_ssu(void* state, int dtype, const int64_t* k_in, const int64_t* src_slot
         }
         if (dtype == 0) {
             typedef float T_; T_* base = (T_*)state;
-            SSU_DISPATCH(ID, ID)
+            if (SSU_V512_OK) SSU_V512_HEAD(f32)
+            else SSU_DISPATCH(ID, ID)
         } else if (dtype == 1) {
             typedef uint16_t T_; T_* base = (T_*)state;
-            SSU_DISPATCH(bf16_to_f, f_to_bf16)
+            if (SSU_V512_OK) SSU_V512_HEAD(bf16)
+            else SSU_DISPATCH(bf16_to_f, f_to_bf16)
+        } else if (SSU_V512_OK) {
+            typedef _Float16 T_; T_* base = (T_*)state;
+            SSU_V512_HEAD(f16)
         } else {
             typedef _Float16 T_; T_* base = (T_*)state;
             SSU_DISPATCH(F16L, F16S)

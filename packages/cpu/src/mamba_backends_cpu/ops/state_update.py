@@ -57,9 +57,7 @@ def _native_step(
     """
 
     def col0(t: Tensor | None) -> Tensor | None:
-        if t is None:
-            return None
-        return (t if t.dim() == 1 else t[:, 0]).to(torch.int64)
+        return t if t is None or t.dim() == 1 else t[:, 0]  # int32/int64, read via strides
 
     src = col0(state_batch_indices)
     dst = col0(dst_state_batch_indices) if dst_state_batch_indices is not None else src
