@@ -143,6 +143,46 @@ def write_lfm2(out: Path, seed: int = 0) -> Path:
     return _save(model, out, extra)
 
 
+def write_qwen3_next(out: Path, seed: int = 0) -> Path:
+    """Qwen3NextForCausalLM: hidden 128, layers GDN / full attention / GDN (+ tiny MoE).
+
+    GDN: 2 key heads x 64, 4 value heads x 64 (GVA 2), conv width 4; attention: 2 heads x 64,
+    1 KV head. Head dims 64 so that vLLM-CPU's native GDN path (bf16, K=V in {64, 128}) runs.
+    """
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    layer_types = ["linear_attention", "full_attention", "linear_attention"]
+    cfg = Qwen3NextConfig(
+        vocab_size=VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=len(layer_types),
+        layer_types=layer_types,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=64,
+        linear_value_head_dim=64,
+        linear_conv_kernel_dim=4,
+        # vLLM's Qwen3Next needs one MoE layer (set_moe_parameters): the last, 4 experts, top 2.
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=64,
+        shared_expert_intermediate_size=64,
+        mlp_only_layers=list(range(len(layer_types) - 1)),
+        tie_word_embeddings=False,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = Qwen3NextForCausalLM(cfg)
+    _randomize(model, seed)
+    return _save(model, out)
+
+
 def prompts(seed: int = 0) -> list[list[int]]:
     """Ten prompts of 3 to 131 tokens (ids in [3, VOCAB))."""
     g = torch.Generator().manual_seed(seed)

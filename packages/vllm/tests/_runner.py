@@ -24,7 +24,7 @@ def _mutate(name: str) -> None:
     from mamba_backends import get_mamba_backend
 
     if name == "ssd_drop_D":
-        mod = importlib.import_module(get_mamba_backend("mamba2").ops_module)
+        mod: Any = importlib.import_module(get_mamba_backend("mamba2").ops_module)
         real = mod.mamba_chunk_scan_combined_varlen
 
         def broken(*args: Any, **kwargs: Any) -> Any:
@@ -42,6 +42,15 @@ def _mutate(name: str) -> None:
             return real_upd(x, conv_state, *args, **kwargs)
 
         mod.causal_conv1d_update = broken_upd
+    elif name == "gdn_chunk_no_decay":
+        mod = importlib.import_module(get_mamba_backend("gdn").ops_module)
+        real_chunk = mod.chunk_gated_delta_rule
+
+        def broken_chunk(q: Any, k: Any, v: Any, g: Any, *args: Any, **kwargs: Any) -> Any:
+            # Drop the gated decay (g = 0) in the GDN prefill.
+            return real_chunk(q, k, v, torch.zeros_like(g), *args, **kwargs)
+
+        mod.chunk_gated_delta_rule = broken_chunk
     else:
         raise ValueError(f"unknown mutation {name!r}")
 

@@ -32,12 +32,17 @@ CONFIGS: dict[str, tuple[str, str, bool, int, str | None]] = {
     "lfm2_fp32_native": ("lfm2", "float32", False, 1, None),
     "lfm2_fp32_plugin": ("lfm2", "float32", True, 1, None),
     "mamba1_fp32_plugin": ("mamba1", "float32", True, 1, None),
+    "qwen3_next_bf16_native": ("qwen3_next", "bfloat16", False, 1, None),
+    "qwen3_next_bf16_plugin": ("qwen3_next", "bfloat16", True, 1, None),
+    "qwen3_next_fp32_plugin": ("qwen3_next", "float32", True, 1, None),
+    "qwen3_next_fp32_mutant": ("qwen3_next", "float32", True, 1, "gdn_chunk_no_decay"),
 }
 
 _WRITERS = {
     "mamba2": _models.write_mamba2,
     "mamba1": _models.write_mamba1,
     "lfm2": _models.write_lfm2,
+    "qwen3_next": _models.write_qwen3_next,
 }
 
 

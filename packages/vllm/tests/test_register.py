@@ -117,7 +117,10 @@ def test_register_is_reentrant_and_undoable() -> None:
 def test_routing_table_plans_without_registering() -> None:
     table = mamba_backends_vllm.routing_table()
     assert table["source"].startswith("plan")
-    assert set(table["layers"]) == {"mamba1", "mamba2", "short_conv"}
+    assert set(table["layers"]) == {"mamba1", "mamba2", "short_conv", "gdn"}
+    gdn = table["layers"]["gdn"]
+    assert gdn["status"] == "routed", gdn
+    assert "QwenGatedDeltaNetAttention:chunk_gated_delta_rule" in gdn["kernels"], gdn
     assert not _plugin._state.registered
 
 
@@ -135,6 +138,8 @@ ops = get_mamba_backend("mamba2").ops()
 assert m2.causal_conv1d_fn is ops.causal_conv1d_fn, m2.causal_conv1d_fn
 assert sc.causal_conv1d_update is get_mamba_backend("short_conv").ops().causal_conv1d_update
 assert op_registry_oot["ShortConv"].__name__ == "RoutedShortConv"
+import vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn as gdn
+assert op_registry_oot["QwenGatedDeltaNetAttention"].__name__ == "RoutedQwenGatedDeltaNetAttention"
 """
 
 
@@ -147,6 +152,7 @@ def test_import_hook_patches_modules_imported_later() -> None:
     lines = [ln for ln in proc.stderr.splitlines() if "mamba-backends vLLM plugin" in ln]
     assert len(lines) == 1, proc.stderr[-4000:]
     assert "MambaMixer2 [mamba2] ->" in lines[0] and "ShortConv [short_conv] ->" in lines[0]
+    assert "QwenGatedDeltaNetAttention [gdn] -> cpu.gdn" in lines[0], lines[0]
 
 
 def test_select_env_parsing() -> None:

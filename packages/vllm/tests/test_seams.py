@@ -83,12 +83,14 @@ def test_attention_backends_subclass_vllm(route: seams.KernelRoute) -> None:
 
     module, backend, meta, _builder = route.vllm_backend
     theirs = importlib.import_module(module)
-    ours = attention.BACKENDS[route.enum_member]
+    ours: Any = attention.BACKENDS[route.enum_member]
     assert _plugin.ATTENTION_BACKENDS[route.enum_member] == f"{ours.__module__}.{ours.__name__}"
     assert issubclass(ours, getattr(theirs, backend))
     assert ours.get_name() == getattr(theirs, backend).get_name()
-    md_cls = ours.get_builder_cls().metadata_cls
-    assert issubclass(md_cls, getattr(theirs, meta)), "layers assert isinstance(md, <vLLM cls>)"
+    if route.tag_metadata:
+        md_cls = ours.get_builder_cls().metadata_cls
+        assert issubclass(md_cls, getattr(theirs, meta)), "layers assert isinstance(md, <vLLM cls>)"
+    assert issubclass(ours.get_builder_cls(), getattr(theirs, _builder))
 
 
 def test_manifest_covers_every_routed_type() -> None:
@@ -116,3 +118,37 @@ def test_mamba_mixer_out_proj_seam() -> None:
 
     assert "self.out_proj = " in inspect.getsource(MambaMixer.__init__)
     assert "self.out_proj(" in inspect.getsource(MambaMixer.forward_impl)
+
+
+@pytest.mark.parametrize(
+    "route", [r for r in seams.ROUTES if r.layer_ops], ids=lambda r: r.mamba_type
+)
+def test_layer_ops_exist_in_the_backend(route: seams.KernelRoute) -> None:
+    from mamba_backends import get_mamba_backend
+
+    ops = get_mamba_backend(route.mamba_type).ops()
+    for op in route.layer_ops:
+        assert callable(getattr(ops, op)), op
+
+
+def test_gdn_metadata_fields_and_layer_attrs() -> None:
+    """The GDN layer reads these GDNAttentionMetadata fields and layer attributes."""
+    import dataclasses
+
+    from vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn import (
+        QwenGatedDeltaNetAttention,
+    )
+    from vllm.v1.attention.backends.gdn_attn import GDNAttentionMetadata
+
+    fields = {f.name for f in dataclasses.fields(GDNAttentionMetadata)}
+    missing = set(seams.GDN_METADATA_FIELDS) - fields
+    assert not missing, f"seam moved: GDNAttentionMetadata lacks {sorted(missing)}"
+    init = inspect.getsource(QwenGatedDeltaNetAttention.__init__)
+    for attr in seams.GDN_LAYER_ATTRS:
+        assert f"self.{attr} = " in init, f"seam moved: QwenGatedDeltaNetAttention.{attr}"
+    # forward_cpu is what the layer binds as its CPU forward (our override is reached).
+    assert "self._forward_method = self.forward_cpu" in init
+    # the in-tree CPU core still refuses fp32 (why the plugin matters for fp32 GDN)
+    from vllm.model_executor.layers.mamba.ops.cpu import gdn_attention
+
+    assert "torch.bfloat16" in inspect.getsource(gdn_attention.cpu_gdn_attention_core)

@@ -1,8 +1,9 @@
 """mamba-backends vLLM plugin (entry point ``vllm.general_plugins``).
 
-``pip install mamba-backends[cpu,vllm]`` makes vLLM serve Mamba1, Mamba2 and LFM2 short-conv
-layers through the backend that :func:`mamba_backends.get_mamba_backend` selects for the current
-platform, with nothing in vLLM edited. See the package README and :mod:`.seams`.
+``pip install mamba-backends[cpu,vllm]`` makes vLLM serve Mamba1, Mamba2, LFM2 short-conv and
+(on CPU) Qwen3-Next gated-delta-net layers through the backend that
+:func:`mamba_backends.get_mamba_backend` selects for the current platform, with nothing in vLLM
+edited. See the package README and :mod:`.seams`.
 """
 
 from __future__ import annotations

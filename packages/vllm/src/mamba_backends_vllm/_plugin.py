@@ -47,6 +47,7 @@ ATTENTION_BACKENDS: dict[str, str] = {
     "MAMBA1": "mamba_backends_vllm.attention.RoutedMamba1AttentionBackend",
     "MAMBA2": "mamba_backends_vllm.attention.RoutedMamba2AttentionBackend",
     "SHORT_CONV": "mamba_backends_vllm.attention.RoutedShortConvAttentionBackend",
+    "GDN_ATTN": "mamba_backends_vllm.attention.RoutedGDNAttentionBackend",
 }
 
 #: vLLM platform predicate -> our platform name.
@@ -165,7 +166,7 @@ def _decide(route: KernelRoute, device_type: str, selected: str | None) -> Route
         return d
     try:
         ops = backend.ops()
-        for _, op in route.kernels:
+        for op in (*(op for _, op in route.kernels), *route.layer_ops):
             getattr(ops, op)
     except Exception as e:  # noqa: BLE001 - missing op -> stay native
         d.reason = f"{d.backend}: {type(e).__name__}: {e}"
@@ -173,6 +174,8 @@ def _decide(route: KernelRoute, device_type: str, selected: str | None) -> Route
     d.status = "routed"
     d.attention_backend = ATTENTION_BACKENDS[route.enum_member]
     d.kernels = {sym: f"{d.backend}.{op}" for sym, op in route.kernels}
+    # Ops the OOT layer calls itself (no module global): reported under the layer's name.
+    d.kernels.update({f"{route.layer_class}:{op}": f"{d.backend}.{op}" for op in route.layer_ops})
     return d
 
 
@@ -417,6 +420,17 @@ def unregister() -> None:
             for name in _state.oot_registered:
                 op_registry_oot.pop(name, None)
         _state.__init__()  # type: ignore[misc]
+
+
+def ops_for(mamba_type: str) -> Any:
+    """``Backend.ops()`` of the backend routed for ``mamba_type`` here (OOT layers call it).
+
+    Raises RuntimeError when ``mamba_type`` is not routed in this process.
+    """
+    d = _state.decisions.get(mamba_type)
+    if d is None or d.status != "routed" or d.backend_cls is None:
+        raise RuntimeError(f"mamba-backends: mamba_type {mamba_type!r} is not routed here")
+    return d.backend_cls.ops()
 
 
 def backend_name_for(mamba_type: str) -> str:

@@ -14,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vllm.v1.attention.backends.gdn_attn import (
+    GDNAttentionBackend,
+    GDNAttentionMetadataBuilder,
+)
 from vllm.v1.attention.backends.mamba1_attn import (
     Mamba1AttentionBackend,
     Mamba1AttentionMetadata,
@@ -121,9 +125,29 @@ class RoutedShortConvAttentionBackend(ShortConvAttentionBackend):
         return RoutedShortConvAttentionMetadataBuilder
 
 
+# --- gated delta net ------------------------------------------------------------------------
+# GDNAttentionMetadataBuilder builds GDNAttentionMetadata directly (no metadata_cls hook), so
+# the metadata stays vLLM's; the layer (mamba_backends_vllm.gdn) asks the plugin for its ops.
+
+
+class RoutedGDNAttentionMetadataBuilder(GDNAttentionMetadataBuilder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plugin.log_once()  # every process that runs the model (forked workers included)
+
+
+class RoutedGDNAttentionBackend(GDNAttentionBackend):
+    """vLLM's ``GDN_ATTN`` backend; the routed GDN layer runs mamba-backends ops."""
+
+    @staticmethod
+    def get_builder_cls() -> type[RoutedGDNAttentionMetadataBuilder]:
+        return RoutedGDNAttentionMetadataBuilder
+
+
 #: Our backend class per ``MambaAttentionBackendEnum`` member (the class paths registered).
 BACKENDS: dict[str, type] = {
     "MAMBA1": RoutedMamba1AttentionBackend,
     "MAMBA2": RoutedMamba2AttentionBackend,
     "SHORT_CONV": RoutedShortConvAttentionBackend,
+    "GDN_ATTN": RoutedGDNAttentionBackend,
 }

@@ -4,9 +4,9 @@ This module is data only (it imports nothing from vLLM). ``tests/test_seams.py``
 entry against the installed vLLM and fails naming the seam when vLLM moves one, and
 :mod:`mamba_backends_vllm._plugin` reads :data:`ROUTES` to decide what to rebind.
 
-Adding a layer family (GDN, lightning attention) is one :class:`KernelRoute` entry: the layer
-module, the names under which that module imported its kernels, and the op names of our backend
-that replace them.
+Adding a layer family is one :class:`KernelRoute` entry: the layer module, the names under which
+that module imported its kernels, and the op names of our backend that replace them; where there
+is nothing to rebind (GDN), an OOT layer that calls ``layer_ops`` itself.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ class KernelRoute:
         vllm_backend: ``(module, backend class, metadata class, builder class)`` of vLLM's
             attention backend for the member; ours subclasses them.
         oot_layer: ``module:Class`` of an OOT subclass registered for ``layer_class``, or None.
+        layer_ops: op names of our backend that the OOT layer calls itself (through
+            ``_plugin.ops_for(mamba_type)``) instead of through rebound module globals.
+        tag_metadata: our builder sets ``metadata_cls`` to a subclass of vLLM's metadata (False
+            where vLLM's builder has no ``metadata_cls`` hook: the metadata stays vLLM's).
         active: False for a route written down but not switched on yet (reason in ``note``).
         note: why the route is inactive, or anything a maintainer must know.
     """
@@ -69,6 +73,8 @@ class KernelRoute:
     kernels: tuple[tuple[str, str], ...]
     vllm_backend: tuple[str, str, str, str]
     oot_layer: str | None = None
+    layer_ops: tuple[str, ...] = ()
+    tag_metadata: bool = True
     active: bool = True
     note: str = ""
     versions: str = SUPPORTED_VLLM_RANGE
@@ -139,22 +145,28 @@ ROUTES: tuple[KernelRoute, ...] = (
         enum_member="GDN_ATTN",
         layer_module=f"{_L}.gdn.qwen_gdn_linear_attn",
         layer_class="QwenGatedDeltaNetAttention",
-        kernels=(
-            ("causal_conv1d_fn", "causal_conv1d_fn"),
-            ("causal_conv1d_update", "causal_conv1d_update"),
-            ("fla_chunk_gated_delta_rule", "chunk_gated_delta_rule"),
-        ),
+        # Nothing is rebound: vLLM's CPU path calls an opaque bf16-only custom op and its CUDA
+        # decode calls fused kernels with no op of ours. The OOT subclass overrides forward_cpu
+        # and composes the core from our ops (mamba_backends_vllm.gdn).
+        kernels=(),
         vllm_backend=(
             f"{_B}.gdn_attn",
             "GDNAttentionBackend",
             "GDNAttentionMetadata",
             "GDNAttentionMetadataBuilder",
         ),
-        active=False,
-        note="inactive: the decode path calls fused kernels with no op of ours "
-        "(fused_recurrent_gated_delta_rule_packed_decode, fused_sigmoid_gating_delta_rule_update) "
-        "and the CPU path branches on is_cpu() inside the layer, so GDN needs an OOT layer; "
-        "GDNAttentionMetadataBuilder has no metadata_cls hook either",
+        oot_layer="mamba_backends_vllm.gdn:RoutedQwenGatedDeltaNetAttention",
+        layer_ops=(
+            "causal_conv1d_fn",
+            "causal_conv1d_update",
+            "fused_gdn_gating",
+            "chunk_gated_delta_rule",
+            "fused_recurrent_gated_delta_rule",
+        ),
+        tag_metadata=False,
+        note="CPU only (forward_cpu is overridden; CUDA/ROCm/XPU keep vLLM's forward); no "
+        "speculative decoding; GDNAttentionMetadataBuilder has no metadata_cls hook, so the "
+        "metadata stays vLLM's",
     ),
     KernelRoute(
         mamba_type="linear_attention",
@@ -172,9 +184,36 @@ ROUTES: tuple[KernelRoute, ...] = (
             "LinearAttentionMetadataBuilder",
         ),
         active=False,
-        note="inactive until the lightning ops land in core and an e2e test covers them "
-        "(LinearAttentionMetadataBuilder has no metadata_cls hook)",
+        note="inactive: vLLM 0.32 removed the MiniMax-Text-01 models that used this layer (its "
+        "registry lists them as removed in 0.23); the remaining user, BailingMoeV2.5, uses "
+        "BailingMoELinearAttention (own @triton.jit kernels) with MLA attention, and HF "
+        "transformers has no class for it, so there is no tiny-checkpoint e2e test or oracle yet; "
+        "LinearAttentionMetadataBuilder has no metadata_cls hook either",
     ),
+)
+
+#: ``GDNAttentionMetadata`` fields the GDN layer reads (dataclass fields, checked by the tests).
+GDN_METADATA_FIELDS: tuple[str, ...] = (
+    "num_prefills",
+    "num_decodes",
+    "num_decode_tokens",
+    "num_actual_tokens",
+    "has_initial_state",
+    "non_spec_query_start_loc",
+    "non_spec_state_indices_tensor",
+    "spec_sequence_masks",
+    "num_accepted_tokens",
+)
+
+#: ``QwenGatedDeltaNetAttention`` attributes the GDN layer reads (set in vLLM's ``__init__``).
+GDN_LAYER_ATTRS: tuple[str, ...] = (
+    "conv1d",
+    "in_proj_qkvz",
+    "in_proj_ba",
+    "A_log",
+    "dt_bias",
+    "num_v_heads",
+    "head_v_dim",
 )
 
 #: Every other vLLM symbol the plugin touches.
@@ -217,6 +256,43 @@ SEAMS: tuple[Seam, ...] = (
         "passes self.out_proj a transposed view; RoutedMambaMixer hooks out_proj's input",
     ),
     Seam(
+        f"{_L}.gdn.qwen_gdn_linear_attn",
+        "QwenGatedDeltaNetAttention.forward_cpu",
+        "CPU entry of the GDN layer (bound in __init__); "
+        "RoutedQwenGatedDeltaNetAttention overrides it",
+    ),
+    Seam(
+        f"{_L}.gdn.qwen_gdn_linear_attn",
+        "QwenGatedDeltaNetAttention.prepare_gdn_attention_core_inputs",
+        "GDN: unpacks the projections into mixed_qkv, z, b, a (vLLM's, called as is)",
+    ),
+    Seam(
+        f"{_L}.gdn.qwen_gdn_linear_attn",
+        "QwenGatedDeltaNetAttention.rearrange_mixed_qkv",
+        "GDN: splits the conv output into q, k, v (1, T, heads, dim)",
+    ),
+    Seam(
+        f"{_L}.gdn.qwen_gdn_linear_attn",
+        "QwenGatedDeltaNetAttention._output_projection",
+        "GDN: gated RMSNorm + out_proj after our core",
+    ),
+    Seam(
+        f"{_L}.mamba_utils",
+        "is_conv_state_dim_first",
+        "GDN: layout of the conv state cache (kv_cache[0])",
+    ),
+    Seam(
+        "vllm.model_executor.layers.utils",
+        "dispatch_cpu_unquantized_gemm",
+        "packs a bf16 width-4 conv weight in place and keeps conv1d._cpu_unpacked_conv_weight, "
+        "which the GDN layer reads",
+    ),
+    Seam("vllm.forward_context", "get_forward_context", "GDN core op: layer and metadata"),
+    Seam("vllm.utils.torch_utils", "direct_register_custom_op", "register our GDN core op"),
+    Seam("vllm.utils.torch_utils", "_encode_layer_name", "GDN core op argument"),
+    Seam("vllm.utils.torch_utils", "LayerNameType", "GDN core op: the layer name's schema type"),
+    Seam("vllm.utils.torch_utils", "_resolve_layer_name", "GDN core op argument"),
+    Seam(
         f"{_L}.short_conv",
         "ShortConv.forward_native",
         "CPU entry of ShortConv; the OOT subclass overrides it",
@@ -254,7 +330,7 @@ def all_seams() -> tuple[Seam, ...]:
         module, backend, meta, builder = r.vllm_backend
         for cls in (backend, meta, builder):
             seams.append(Seam(module, cls, f"subclassed for {r.mamba_type}{tag}", r.versions))
-        if r.active:
+        if r.active and r.tag_metadata:
             seams.append(
                 Seam(
                     module,
