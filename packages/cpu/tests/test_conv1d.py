@@ -1,4 +1,9 @@
-"""CPU causal conv1d (prefill and decode) against the spec (float64, loop level)."""
+"""CPU causal conv1d (prefill and decode) against the spec (float64, loop level).
+
+Every test that calls the ops runs twice (``path``): through the fused C kernel
+(``_native_conv``) and through the PyTorch fallback. Channel counts of 64 and more reach the
+kernel's 16-lane vector path (blocks of 64 channels); the rest run its scalar path.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import pytest
 import torch
 
 from mamba_backends.reference import conv1d as spec
-from mamba_backends_cpu.ops import _native
+from mamba_backends_cpu.ops import _native_conv
 from mamba_backends_cpu.ops import conv1d as cpu
 
 #: max |error| allowed relative to max |expected|, per dtype of the compared tensor
@@ -23,9 +28,9 @@ def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> N
 
 @pytest.fixture(params=["native", "torch"])
 def path(request, monkeypatch):
-    """Decode runs through the fused native kernel, or the pure-PyTorch fallback."""
+    """The ops run through the fused native kernel, or the pure-PyTorch fallback."""
     monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1" if request.param == "native" else "0")
-    if request.param == "native" and not _native.available():
+    if request.param == "native" and _native_conv.lib() is None:
         pytest.skip("no C compiler: native kernels unavailable")
     return request.param
 
@@ -45,7 +50,7 @@ def qsl_of(lens: list[int]) -> torch.Tensor:
 CASES = [  # (lens, slots, has_init); slot -1 = pad, 0 = null block
     ([1], [3], [True]),
     ([63], [2], [False]),
-    ([200, 1, 299], [5, -1, 1], [True, True, False]),
+    ([140, 1, 133], [5, -1, 1], [True, True, False]),  # > 128 tokens: chunked prefill
     ([7, 2, 0, 30], [4, 0, 6, 2], [False, True, True, True]),
     ([1, 2, 3], [7, 3, 5], [True, True, True]),
 ]
@@ -55,10 +60,11 @@ CASES = [  # (lens, slots, has_init); slot -1 = pad, 0 = null block
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("W", [2, 3, 4])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_fn_matches_spec(dtype, state_dtype, W, case) -> None:
+@pytest.mark.parametrize("dim", [24, 80])
+def test_fn_matches_spec(path, dtype, state_dtype, W, case, dim) -> None:
     lens, slots, init = CASES[case]
     gen = torch.Generator().manual_seed(case * 10 + W)
-    dim, T = 24, sum(lens)
+    T = sum(lens)
     x = torch.randn(T, dim, generator=gen).to(dtype).t()  # channel-last, as vLLM hands it
     weight = torch.randn(dim, W, generator=gen).to(dtype)
     bias = torch.randn(dim, generator=gen).to(dtype)
@@ -78,7 +84,7 @@ def test_fn_matches_spec(dtype, state_dtype, W, case) -> None:
             assert torch.equal(states[s], before[s]), f"slot {s} changed"
 
 
-def test_fn_state_len_longer_than_window_and_no_activation() -> None:
+def test_fn_state_len_longer_than_window_and_no_activation(path) -> None:
     gen = torch.Generator().manual_seed(1)
     dim, W = 8, 3
     x = torch.randn(dim, 10, generator=gen)
@@ -98,9 +104,10 @@ def test_fn_state_len_longer_than_window_and_no_activation() -> None:
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("use_out", [False, True])
-def test_update_matches_spec(path, form, state_dtype, dtype, use_out) -> None:
+@pytest.mark.parametrize(("dim", "W", "layout"), [(16, 4, "sd"), (80, 4, "sd"), (72, 3, "contig")])
+def test_update_matches_spec(path, form, state_dtype, dtype, use_out, dim, W, layout) -> None:
     gen = torch.Generator().manual_seed(7)
-    dim, W, b = 16, 4, 5
+    b = 5
     slots = torch.tensor([3, 0, 6, -1, 2], dtype=torch.int32)
     if form == "2d":
         x, qsl = torch.randn(b, dim, generator=gen).to(dtype), None
@@ -113,7 +120,7 @@ def test_update_matches_spec(path, form, state_dtype, dtype, use_out) -> None:
         x = torch.randn(9, dim, generator=gen).to(dtype)
     weight = torch.randn(dim, W, generator=gen)
     bias = torch.randn(dim, generator=gen)
-    states = pool(8, dim, W - 1, state_dtype, "sd", gen)
+    states = pool(8, dim, W - 1, state_dtype, layout, gen)
     before, ref_states = states.clone(), states.clone()
     x_ref = x.clone()
     out = torch.full_like(x, 7.0) if use_out else None
@@ -128,6 +135,33 @@ def test_update_matches_spec(path, form, state_dtype, dtype, use_out) -> None:
     close(res, ref, dtype)  # skipped (null/pad) rows untouched in both
     close(states, ref_states, state_dtype)
     for s in (0, 1, 4, 5, 7):
+        assert torch.equal(states[s], before[s])
+
+
+@pytest.mark.parametrize("form", ["2d", "3d", "varlen"])
+def test_update_large_batch_matches_spec(path, form) -> None:
+    """Batches of at least 4 x threads run whole requests per thread in the kernel."""
+    gen = torch.Generator().manual_seed(11)
+    dim, W, b = 88, 4, 12  # 88 = 5 x 16 + 8: vector lanes and a scalar tail
+    slots = torch.tensor([5, 0, 9, 1, -1, 12, 3, 7, 2, 11, 6, 4], dtype=torch.int64)
+    if form == "2d":
+        x, qsl = torch.randn(b, dim, generator=gen).to(torch.bfloat16), None
+    elif form == "3d":
+        x, qsl = torch.randn(b, dim, 2, generator=gen).to(torch.bfloat16), None
+    else:
+        lens = [1, 2, 0, 3, 1, 1, 2, 1, 1, 4, 1, 1]
+        qsl = qsl_of(lens)
+        x = torch.randn(sum(lens), dim, generator=gen).to(torch.bfloat16)
+    weight, bias = torch.randn(dim, W, generator=gen), torch.randn(dim, generator=gen)
+    states = pool(14, dim, W - 1, torch.bfloat16, "sd", gen)
+    before, ref_states, x_ref = states.clone(), states.clone(), x.clone()
+    res = cpu.causal_conv1d_update(x, states, weight, bias, "silu", slots, query_start_loc=qsl)
+    ref = spec.causal_conv1d_update(
+        x_ref, ref_states, weight, bias, "silu", slots, query_start_loc=qsl
+    )
+    close(res, ref, torch.bfloat16)
+    close(states, ref_states, torch.bfloat16)
+    for s in (0, 8, 10, 13):
         assert torch.equal(states[s], before[s])
 
 
@@ -155,7 +189,7 @@ def test_split_prefill_then_decode_equals_one_shot(path) -> None:
     close(st, one, torch.float32)
 
 
-def test_batch_equals_per_sequence() -> None:
+def test_batch_equals_per_sequence(path) -> None:
     gen = torch.Generator().manual_seed(4)
     dim, W, lens = 10, 3, [5, 1, 9]
     x = torch.randn(dim, sum(lens), generator=gen)
@@ -181,7 +215,7 @@ def test_batch_equals_per_sequence() -> None:
     assert torch.equal(st_s, st_b)  # states are copies of inputs: exact
 
 
-def test_bad_input_raises_before_any_write() -> None:
+def test_bad_input_raises_before_any_write(path) -> None:
     dim, W = 8, 4
     x = torch.randn(dim, 6)
     weight = torch.randn(dim, W)

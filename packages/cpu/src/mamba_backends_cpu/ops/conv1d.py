@@ -8,11 +8,17 @@ Prefill runs the whole packed batch as one long sequence with ``W`` shifted mult
 token-major ``(T, dim)`` layout, then recomputes only the first ``W-1`` outputs of every
 sequence from its initial state (the only outputs that see a sequence boundary). States are
 gathered and written back with advanced indexing, so pad (``-1``) and null (``0``) slots are
-never read as inputs nor written. Decode with one token per request runs in the fused native
-kernel (``_native``) when it is available; other decode forms reuse the prefill path.
+never read as inputs nor written; decode forms reuse the prefill path.
+
+Both ops run in one fused C kernel (``_native_conv``) when it is available and the tensors are
+fp32/bf16/fp16 with ``W <= 4``: it reads ``x`` and the states in place through their strides,
+so nothing above is materialised. The PyTorch code is the fallback (``MAMBA_BACKENDS_CPU_NATIVE=0``,
+no compiler, fp64, wider kernels).
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +30,7 @@ from mamba_backends.validate import (
     check_causal_conv1d_update_args,
     check_not_supported,
 )
-from mamba_backends_cpu.ops import _native
+from mamba_backends_cpu.ops import _native_conv
 from mamba_backends_cpu.ops._common import as_index, compute_dtype, require, silu_name, slot_mask
 
 
@@ -94,6 +100,85 @@ def _varlen_conv(
         torch.gather(init, 1, init_rows[..., None].expand(Bn, K, dim)),
     )
     return out, final
+
+
+def _native_lib(weight: Tensor, *tensors: Tensor | None) -> ctypes.CDLL | None:
+    """The native conv library when it can run these tensors, else None."""
+    if weight.shape[-1] > _native_conv.MAX_WIDTH or not _native_conv.supported(*tensors):
+        return None
+    return _native_conv.lib()
+
+
+def _fn_native(
+    cdll: ctypes.CDLL,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    conv_states: Tensor,
+    qsl: Tensor,
+    cache_indices: Tensor | None,
+    has_initial_state: Tensor | None,
+    use_silu: bool,
+    pad_slot_id: int | None,
+    null_block_id: int | None,
+) -> Tensor:
+    """Prefill in the C kernel (arguments checked); returns ``(dim, T)``, channel-last."""
+    dim, T = x.shape
+    if x.stride(0) != 1 and dim > 1:
+        x = x.t().contiguous().t()  # channel-last: the kernel vectorises over channels
+    yT = torch.empty(T, dim, dtype=x.dtype)
+    hi = None
+    if has_initial_state is not None:
+        hi = has_initial_state.reshape(-1).to(torch.bool).contiguous()
+    slots = None if cache_indices is None else _native_conv._index(cache_indices)
+    _native_conv.conv(
+        cdll, x, (0, x.stride(1), x.stride(0)), yT, (0, dim, 1), weight, bias, conv_states,
+        qsl.numel() - 1, 0, qsl.contiguous(), slots, hi, 0 if hi is None else 1, use_silu,
+        pad_slot_id if cache_indices is not None else None,
+        null_block_id if cache_indices is not None else None,
+        zero_skipped=True, split=True, mode=0,
+    )  # fmt: skip
+    return yT.t()
+
+
+def _update_native(
+    cdll: ctypes.CDLL,
+    x: Tensor,
+    conv_state: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    use_silu: bool,
+    conv_state_indices: Tensor | None,
+    query_start_loc: Tensor | None,
+    null_block_id: int | None,
+    out: Tensor | None,
+) -> Tensor:
+    """Decode in the C kernel (arguments checked); writes into ``out`` or ``x``."""
+    res = out if out is not None else x
+    qsl = None
+    if query_start_loc is not None:
+        qsl = _native_conv._index(query_start_loc).contiguous()
+        B, L = qsl.numel() - 1, 0
+        xs, ys = (0, x.stride(0), x.stride(1)), (0, res.stride(0), res.stride(1))
+    elif x.dim() == 2:
+        B, L = x.shape[0], 1
+        xs, ys = (x.stride(0), 0, x.stride(1)), (res.stride(0), 0, res.stride(1))
+    else:
+        B, L = x.shape[0], x.shape[2]
+        xs = (x.stride(0), x.stride(2), x.stride(1))
+        ys = (res.stride(0), res.stride(2), res.stride(1))
+    slots = None
+    if conv_state_indices is not None:
+        ci = conv_state_indices
+        slots = _native_conv._index(ci if ci.dim() == 1 else ci[:, 0])
+    # Whole requests per thread when there are enough, and always for one token each (the
+    # kernel's fused single-token loop); else (request, channel group) items.
+    mode = 1 if L == 1 or B >= 4 * torch.get_num_threads() else 0
+    _native_conv.conv(
+        cdll, x, xs, res, ys, weight, bias, conv_state, B, L, qsl, slots, None, 2, use_silu,
+        PAD_SLOT_ID, null_block_id, zero_skipped=False, split=False, mode=mode,
+    )  # fmt: skip
+    return res
 
 
 def causal_conv1d_fn(
@@ -177,6 +262,12 @@ def causal_conv1d_fn(
             has_initial_state.numel() == Bn,
             f"has_initial_state must be ({Bn},), got {tuple(has_initial_state.shape)}",
         )
+    cdll = _native_lib(weight, x, weight, bias, conv_states)
+    if cdll is not None:
+        return _fn_native(
+            cdll, x, weight, bias, conv_states, qsl, cache_indices, has_initial_state,
+            use_silu, pad_slot_id, null_block_id,
+        )  # fmt: skip
     lens = qsl[1:] - qsl[:-1]
     write = valid & (lens > 0)
 
@@ -247,6 +338,13 @@ def causal_conv1d_update(
         query_start_loc, null_block_id, out,
     )  # fmt: skip
     use_silu = silu_name(activation)
+    # Shapes, dtypes and slot ranges were checked by the validator: decode goes straight on.
+    cdll = _native_lib(weight, x, weight, bias, conv_state, out)
+    if cdll is not None:
+        return _update_native(
+            cdll, x, conv_state, weight, bias, use_silu, conv_state_indices, query_start_loc,
+            null_block_id, out,
+        )  # fmt: skip
     require(weight.dim() == 2, f"weight must be (dim, W), got shape {tuple(weight.shape)}")
     dim, W = weight.shape
     K = W - 1
@@ -259,30 +357,6 @@ def causal_conv1d_update(
         require(out.shape == x.shape, f"out shape {tuple(out.shape)} must match x {tuple(x.shape)}")
         require(out.dtype == x.dtype, "out must have x's dtype")
     # Token-major view of the inputs and per-request offsets.
-    if (
-        query_start_loc is None
-        and x.dim() == 2
-        and compute_dtype(x, conv_state) == torch.float32
-        and conv_state.dtype in (torch.float32, torch.bfloat16, torch.float16)
-        and _native.available()
-    ):
-        # One token per request: fused gather-compute-shift in C (pad/null skipped there;
-        # slot ranges were checked by the validator).
-        idx = None
-        if conv_state_indices is not None:
-            ci = conv_state_indices
-            idx = (ci if ci.dim() == 1 else ci[:, 0]).to(torch.int64).contiguous()
-        res = out if out is not None else x
-        xf = x.float() if x.dtype != torch.float32 else x
-        xf = xf if xf.stride(1) == 1 else xf.contiguous()
-        unit = res.dtype == torch.float32 and res.stride(1) == 1
-        yf = res if unit else res.to(torch.float32).contiguous()  # a copy: keeps skipped rows
-        _native.conv_update(
-            conv_state, idx, PAD_SLOT_ID, null_block_id, xf, weight, bias, yf, use_silu
-        )
-        if yf is not res:
-            res.copy_(yf)
-        return res
     if query_start_loc is not None:
         require(x.dim() == 2 and x.shape[1] == dim, f"varlen x must be (num_tokens, {dim})")
         require(conv_state_indices is not None, "varlen form needs conv_state_indices")
