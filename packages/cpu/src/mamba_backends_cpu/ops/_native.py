@@ -126,14 +126,11 @@ def _ssm_signatures() -> dict[str, list[Any]]:
     i64, vp, ci = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     ssu_args: list[Any] = [vp, ci, vp, vp, vp, ci, i64, i64, ci, vp, vp, vp, ci] + [vp] * 6
     ssu_args += [i64] * 5 + [ci, ci]
-    conv_args: list[Any] = [vp, ci, i64, i64, i64, vp, i64, i64, ci, vp, i64, vp, vp, vp, i64]
-    conv_args += [i64, i64, i64, ci, ci]
     return {
         "mb_scan_f32": [vp] * 8 + [i64] * 4 + [ci],
         "mb_ssu": ssu_args,
         "mb_ssd_f32": [vp] * 14 + [i64] * 5 + [ci],
         "mb_scan_varlen": [vp, vp, ci] + [vp] * 10 + [i64] * 4 + [ci],
-        "mb_conv_update": conv_args,
     }
 
 
@@ -284,37 +281,6 @@ def ssd(
         _p(q), _p(cu), _p(cf), opt(chunks), S, H, P, N, G, torch.get_num_threads(),
     )  # fmt: skip
     return y, final, chunks
-
-
-def conv_update(
-    state: Tensor,
-    slots: Tensor | None,
-    pad_id: int,
-    null_id: int | None,
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    out: Tensor,
-    silu: bool,
-) -> None:
-    """One conv decode token per request, in place on ``state`` ``(slots, dim, >= W-1)``.
-
-    ``x``/``out``: ``(R, dim)`` fp32 with unit channel stride (``out`` written in place; rows
-    of pad/null slots untouched); ``weight`` ``(dim, W)``; ``slots`` ``(R,)`` int64 or None.
-    """
-    assert _lib is not None
-    R, dim = x.shape
-    W = weight.shape[1]
-    wT = weight.t().to(torch.float32).contiguous()
-    b = bias.to(torch.float32).contiguous() if bias is not None else None
-    s0, s1, s2 = state.stride()
-    _lib.mb_conv_update(
-        _p(state), _DTYPE_CODE[state.dtype], s0, s1, s2,
-        slots.data_ptr() if slots is not None else None, pad_id,
-        null_id if null_id is not None else 0, int(null_id is not None), _p(x), x.stride(0),
-        _p(wT), b.data_ptr() if b is not None else None, _p(out), out.stride(0), R, dim, W,
-        int(silu), torch.get_num_threads(),
-    )  # fmt: skip
 
 
 def scan_varlen(
