@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mamba_backends.backend import OP_NAMES
 from mamba_backends import MAMBA_TYPES
+from mamba_backends.backend import OP_NAMES
 from mamba_backends_cpu.backends import (
     CpuGDNBackend,
     CpuLinearAttentionBackend,
