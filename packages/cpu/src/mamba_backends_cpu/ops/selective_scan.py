@@ -230,13 +230,13 @@ def selective_scan_fn(
         return out
 
     f32 = torch.float32
-    if (
-        varlen
-        and ctype == f32
-        and all(t.dtype == f32 for t in (u, delta, B, C) + ((z,) if z is not None else ()))
-        and _native.available()
-    ):
+    if varlen and ctype == f32 and _native.available():
         # Fused scan in vLLM's (dim, T) layout, in place; pad/null sequences skipped in C.
+        # Half-precision inputs run on fp32 copies (strides preserved), written back after.
+        u, B, C = u.to(f32), B.to(f32), C.to(f32)
+        delta_h, z_h = delta, z
+        delta = delta.to(f32)
+        z = z.to(f32) if z is not None else None
         safe = torch.where(run, slots, 0)
         h = states[safe].to(f32)
         keep = (
@@ -253,6 +253,10 @@ def selective_scan_fn(
         Cv3 = C.unsqueeze(0) if C.dim() == 2 else C
         _native.scan_varlen(u, delta_bias, delta_softplus, A, Bv3, Cv3, D, z, delta, h, run, qsl)
         states.index_put_((slots[run],), h[run].to(states.dtype))
+        if delta is not delta_h:
+            delta_h.copy_(delta)
+        if z is not None and z_h is not None and z is not z_h:
+            z_h.copy_(z)
         return out
 
     # Packed inputs of the sequences that run.
