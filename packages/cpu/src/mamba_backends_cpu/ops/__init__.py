@@ -10,7 +10,6 @@ from mamba_backends_cpu.ops.gdn import (
 )
 from mamba_backends_cpu.ops.lightning import lightning_attention, linear_decode_forward
 from mamba_backends_cpu.ops.selective_scan import selective_scan_fn
-from mamba_backends_cpu.ops.short_conv import short_conv_mixer
 from mamba_backends_cpu.ops.ssd import mamba_chunk_scan_combined_varlen
 from mamba_backends_cpu.ops.state_update import selective_state_update
 
@@ -25,5 +24,4 @@ __all__ = [
     "mamba_chunk_scan_combined_varlen",
     "selective_scan_fn",
     "selective_state_update",
-    "short_conv_mixer",
 ]
