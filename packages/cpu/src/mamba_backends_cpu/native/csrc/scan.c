@@ -1,117 +1,20 @@
-"""C source of the fused CPU kernels (built and loaded by ``_native``).
-
-Plain C99 + OpenMP, no PyTorch headers; every loop that matters is written so that GCC/Clang
-vectorise it (``-O3 -march=native``). Kept apart from the loader so that both stay readable.
-"""
-
-from mamba_backends_cpu.ops._native_ssd_src import SSD_SSU_SOURCE
-
-#: Shared helpers and the Mamba1 scan kernels.
-_HELPERS_AND_SCAN = r"""
-#include <stdint.h>
-#include <string.h>
-#include <stdlib.h>
-#include <math.h>
-
-/* exp for x <= 0 (clamped at -87), branch-free so that loops vectorise. */
-static inline float fexp(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    float t = x * 1.44269504088896341f;
-    float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest, |t| < 2^22 */
-    float r = x - n * 0.693145751953125f - n * 1.42860682030941723212e-6f;
-    float p = 1.9875691500E-4f;
-    p = p * r + 1.3981999507E-3f;
-    p = p * r + 8.3334519073E-3f;
-    p = p * r + 4.1665795894E-2f;
-    p = p * r + 1.6666665459E-1f;
-    p = p * r + 5.0000001201E-1f;
-    p = p * r * r + r + 1.0f;
-    union { float f; int32_t i; } u;
-    u.i = ((int32_t)n + 127) << 23;
-    return p * u.f;
-}
-
-#define ID(v) (v)
-#define F16L(v) ((float)(v))
-#define F16S(v) ((_Float16)(v))
-
-/* softplus(x) = max(x, 0) + log1p(exp(-|x|)), log1p(y) = 2 atanh(y / (2 + y)) by its odd
-   series (y in (0, 1], so the ratio is at most 1/3: error below 1e-7). Branch-free. */
-static inline float fsoftplus(float x) {
-    const float ax = x < 0.0f ? -x : x;
-    const float y = fexp(-ax);
-    const float r = y / (2.0f + y), r2 = r * r;
-    float p = 1.0f / 11.0f;
-    p = p * r2 + 1.0f / 9.0f;
-    p = p * r2 + 1.0f / 7.0f;
-    p = p * r2 + 1.0f / 5.0f;
-    p = p * r2 + 1.0f / 3.0f;
-    p = p * r2 + 1.0f;
-    return (x > 0.0f ? x : 0.0f) + 2.0f * r * p;
-}
-
-static inline float bf16_to_f(uint16_t v) {
-    union { uint32_t i; float f; } u; u.i = ((uint32_t)v) << 16; return u.f;
-}
-static inline uint16_t f_to_bf16(float f) {
-    union { uint32_t i; float f; } u; u.f = f;
-    uint32_t r = u.i + 0x7FFFu + ((u.i >> 16) & 1u);
-    return (uint16_t)(r >> 16);
-}
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define MB_V512 1
-/* 16-lane exp, same range reduction and polynomial as fexp (inputs clamped to [-87, 88]). */
-static inline __m512 vexp(__m512 x) {
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n); /* p * 2^n */
-}
-/* 16 state elements of each storage dtype to and from fp32. */
-static inline __m512 ld16_f32(const void* p) { return _mm512_loadu_ps((const float*)p); }
-static inline void st16_f32(void* p, __m512 v) { _mm512_storeu_ps((float*)p, v); }
-static inline __m512 ld16_bf16(const void* p) {
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
-static inline void st16_bf16(void* p, __m512 v) {
-#if defined(__AVX512BF16__)
-    _mm256_storeu_si256((__m256i*)p, (__m256i)_mm512_cvtneps_pbh(v));
-#else /* round to nearest even by integer arithmetic */
-    const __m512i i = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(i, 16), _mm512_set1_epi32(1));
-    const __m512i r = _mm512_add_epi32(_mm512_add_epi32(i, _mm512_set1_epi32(0x7FFF)), odd);
-    _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
-#endif
-}
-static inline __m512 ld16_f16(const void* p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
-}
-static inline void st16_f16(void* p, __m512 v) {
-    _mm256_storeu_si256((__m256i*)p,
-                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-}
-#endif
+/* Mamba1 selective scan kernels: mb_scan_f32 (contiguous, one sequence per item) and
+   mb_scan_varlen (vLLM's varlen layout through strides, in place). The AVX-512 block kernel
+   sits under MB_V512; every other target takes the portable loop. */
+#include "mb_common.h"
 
 /* Mamba1 scan: u, dt, y (T, Dm); B, C (T, G, N); A (Dm, N); h (S, Dm, N) in/out.
    Work item = (sequence, group, block of DB channels); tokens in order inside an item.
    The block's state is kept transposed, (N, DB), so the inner loop runs over channels. */
 #define DB 16
-void mb_scan_f32(const float* u, const float* dt, const float* A, const float* B,
-                 const float* C, float* h, float* y, const int64_t* qsl, int64_t S,
-                 int64_t Dm, int64_t N, int64_t G, int nthreads) {
+int mb_scan_f32(const MbScanArgs* a, int64_t args_size) {
+    MB_CHECK_ARGS(a, args_size);
+    const float *u = a->u, *dt = a->dt, *A = a->A, *B = a->B, *C = a->C;
+    float *h = a->h, *y = a->y;
+    const int64_t* qsl = a->qsl;
+    const int64_t S = a->S, Dm = a->Dm, N = a->N, G = a->G;
+    const int nthreads = (int)a->nthreads;
+    int failed = 0;
     const int64_t Dg = Dm / G;
     const int64_t nblk = (Dg + DB - 1) / DB;
     #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
@@ -121,6 +24,11 @@ void mb_scan_f32(const float* u, const float* dt, const float* A, const float* B
         const int64_t d1 = d0 + DB < (g + 1) * Dg ? d0 + DB : (g + 1) * Dg;
         const int64_t nd = d1 - d0;
         float* hl = (float*)malloc(sizeof(float) * (size_t)(2 * N * DB));
+        if (!hl) {
+            _Pragma("omp atomic write")
+            failed = 1;
+            continue;
+        }
         float* al = hl + N * DB;
         float* hs = h + s * Dm * N;
         for (int64_t n = 0; n < N; ++n)
@@ -143,7 +51,7 @@ void mb_scan_f32(const float* u, const float* dt, const float* A, const float* B
                 const float* an = al + n * DB;
                 #pragma omp simd
                 for (int64_t k = 0; k < DB; ++k) {
-                    float v = fexp(dtv[k] * an[k]) * hn[k] + xu[k] * bn;
+                    float v = mb_exp(dtv[k] * an[k]) * hn[k] + xu[k] * bn;
                     hn[k] = v;
                     acc[k] += v * cn;
                 }
@@ -154,53 +62,10 @@ void mb_scan_f32(const float* u, const float* dt, const float* A, const float* B
             for (int64_t k = 0; k < nd; ++k) hs[(d0 + k) * N + n] = hl[n * DB + k];
         free(hl);
     }
+    return failed ? MB_ENOMEM : MB_OK;
 }
 
 #ifdef MB_V512
-/* 2^t: t = n + r with n integer and |r| <= 1/2, 2^r by a degree-5 minimax polynomial
-   (relative error 2.4e-7 in fp32), 2^n by scalef. Valid for finite |t| < 2^100 (for
-   |t| >= 2^23, r = 0 and scalef saturates to 0 or inf); vexp2 clamps t below at -126. */
-static inline __m512 vexp2_nc(__m512 t) {
-    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 r = _mm512_sub_ps(t, n);
-    __m512 p = _mm512_set1_ps(1.327647129073739e-3f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.675540961325169e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550713092088699e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022120237350464e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931469440460205e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0000001192092896f));
-    return _mm512_scalef_ps(p, n);
-}
-#define vexp2(t) vexp2_nc(_mm512_max_ps((t), _mm512_set1_ps(-126.0f)))
-#define LOG2E 1.44269504088896341f
-/* 1/x for finite x > 0: rcp14 and one Newton step (relative error ~1e-8). */
-static inline __m512 vrcp(__m512 x) {
-    const __m512 r = _mm512_rcp14_ps(x);
-    return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
-}
-/* y * silu(z) = y * z / (1 + exp(-z)); exp(-z) is capped at 2^100 so that 1/(1 + e) stays
-   finite (the gate is then below 1e-30 anyway). */
-static inline __m512 vgate(__m512 y, __m512 z) {
-    const __m512 t = _mm512_min_ps(_mm512_mul_ps(z, _mm512_set1_ps(-LOG2E)),
-                                   _mm512_set1_ps(100.0f));
-    return _mm512_mul_ps(_mm512_mul_ps(y, z),
-                         vrcp(_mm512_add_ps(_mm512_set1_ps(1.0f), vexp2(t))));
-}
-/* softplus(x) = max(x, 0) + log1p(y), y = exp(-|x|), by the series of fsoftplus. */
-static inline __m512 vsoftplus(__m512 x) {
-    const __m512 ax = _mm512_abs_ps(x);
-    const __m512 y = vexp2(_mm512_mul_ps(ax, _mm512_set1_ps(-LOG2E)));
-    const __m512 r = _mm512_mul_ps(y, vrcp(_mm512_add_ps(y, _mm512_set1_ps(2.0f))));
-    const __m512 r2 = _mm512_mul_ps(r, r);
-    __m512 p = _mm512_set1_ps(1.0f / 11.0f);
-    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 9.0f));
-    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 7.0f));
-    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 5.0f));
-    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 3.0f));
-    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f));
-    return _mm512_fmadd_ps(_mm512_add_ps(r, r), p, _mm512_max_ps(x, _mm512_setzero_ps()));
-}
-
 /* 16 token values of one channel into a vector (lanes past tl are zero), any stride. */
 static inline __m512 ld_tok(const float* p, int64_t st, int64_t tl) {
     const __mmask16 m = (__mmask16)((1u << tl) - 1u);
@@ -217,9 +82,6 @@ static inline void st_tok(float* p, int64_t st, int64_t tl, __m512 v) {
     for (int64_t i = 0; i < tl; ++i) p[i * st] = b[i];
 }
 
-#ifndef SCAN_PF
-#define SCAN_PF 32
-#endif
 /* In-register transpose of a 16x16 tile: r[i] lane j <- r[j] lane i. */
 static inline void tr16(__m512* r) {
     __m512 t[16];
@@ -256,7 +118,7 @@ static inline __attribute__((always_inline)) void scan_blk_v512(
     const float* u, const float* dbias, int softplus, const float* A, const float* Bg,
     const float* Cg, int64_t bt, int64_t bn, int64_t ct, int64_t cn, const float* Dp,
     float* z, float* delta, float* hs, const int64_t* k, int64_t t0, int64_t t1,
-    int64_t d0, int64_t nd, int64_t N) {
+    int64_t d0, int64_t nd, int64_t N, int64_t pf) {
     __m512 h[64], a2[64], rdt[16], rxu[16], ry[16];
     const __mmask16 m = (__mmask16)((1u << nd) - 1u);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -265,7 +127,7 @@ static inline __attribute__((always_inline)) void scan_blk_v512(
         const __m512i ix = _mm512_add_epi32(rowN, _mm512_set1_epi32((int)n));
         h[n] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, ix, hs + d0 * N, 4);
         a2[n] = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, ix, A + d0 * N, 4),
-                              _mm512_set1_ps(LOG2E));
+                              _mm512_set1_ps(MB_LOG2E));
     }
     /* Channel-last views ((T, dim).t(), as vLLM's Mamba1 mixer passes them): a token's
        channels are contiguous, so tiles load straight into lane order, no transposes. */
@@ -304,9 +166,9 @@ static inline __attribute__((always_inline)) void scan_blk_v512(
             }
             const int64_t d = d0 + q;
             /* 48 row streams are too many for the hardware prefetchers: fetch ahead */
-            _mm_prefetch((const char*)(delta + d * k[4] + (tb + SCAN_PF) * k[5]), _MM_HINT_T0);
-            _mm_prefetch((const char*)(u + d * k[0] + (tb + SCAN_PF) * k[1]), _MM_HINT_T0);
-            if (z) _mm_prefetch((const char*)(z + d * k[2] + (tb + SCAN_PF) * k[3]), _MM_HINT_T0);
+            _mm_prefetch((const char*)(delta + d * k[4] + (tb + pf) * k[5]), _MM_HINT_T0);
+            _mm_prefetch((const char*)(u + d * k[0] + (tb + pf) * k[1]), _MM_HINT_T0);
+            if (z) _mm_prefetch((const char*)(z + d * k[2] + (tb + pf) * k[3]), _MM_HINT_T0);
             __m512 dtv = _mm512_add_ps(ld_tok(delta + d * k[4] + tb * k[5], k[5], tl),
                                        _mm512_set1_ps(dbias ? dbias[d] : 0.0f));
             if (softplus) dtv = vsoftplus(dtv);
@@ -355,18 +217,19 @@ static void scan_blk_v512_n16(const float* u, const float* dbias, int softplus,
                               const float* A, const float* Bg, const float* Cg, int64_t bt,
                               int64_t bn, int64_t ct, int64_t cn, const float* Dp, float* z,
                               float* delta, float* hs, const int64_t* k, int64_t t0,
-                              int64_t t1, int64_t d0, int64_t nd) {
+                              int64_t t1, int64_t d0, int64_t nd, int64_t pf) {
     scan_blk_v512(u, dbias, softplus, A, Bg, Cg, bt, bn, ct, cn, Dp, z, delta, hs, k, t0, t1,
-                  d0, nd, 16);
+                  d0, nd, 16, pf);
 }
 
 static void scan_blk_v512_any(const float* u, const float* dbias, int softplus,
                               const float* A, const float* Bg, const float* Cg, int64_t bt,
                               int64_t bn, int64_t ct, int64_t cn, const float* Dp, float* z,
                               float* delta, float* hs, const int64_t* k, int64_t t0,
-                              int64_t t1, int64_t d0, int64_t nd, int64_t N) {
+                              int64_t t1, int64_t d0, int64_t nd, int64_t N,
+                              int64_t pf) {
     scan_blk_v512(u, dbias, softplus, A, Bg, Cg, bt, bn, ct, cn, Dp, z, delta, hs, k, t0, t1,
-                  d0, nd, N);
+                  d0, nd, N, pf);
 }
 #endif
 
@@ -376,12 +239,20 @@ static void scan_blk_v512_any(const float* u, const float* dbias, int softplus,
    B/C element (g, n, t) at g*k[6] + n*k[7] + t*k[8] (B) and g*k[9] + n*k[10] + t*k[11] (C).
    y = h C + D u goes to delta; with z, y * silu(z) goes to z. h: (S, Dm, N) contiguous
    in/out; run[s] = 0 skips sequence s entirely. */
-void mb_scan_varlen(const float* u, const float* dbias, int softplus, const float* A,
-                    const float* B, const float* C, const float* Dp, float* z, float* delta,
-                    float* h, const uint8_t* run, const int64_t* qsl, const int64_t* k_in,
-                    int64_t S, int64_t Dm, int64_t N, int64_t G, int nthreads) {
-    int64_t k[12];
-    memcpy(k, k_in, sizeof(k));
+int mb_scan_varlen(const MbScanVarlenArgs* a, int64_t args_size) {
+    MB_CHECK_ARGS(a, args_size);
+    const float *u = a->u, *dbias = a->delta_bias, *A = a->A, *B = a->B, *C = a->C;
+    const float* Dp = a->D;
+    float *z = a->z, *delta = a->delta, *h = a->h;
+    const uint8_t* run = a->run;
+    const int64_t* qsl = a->qsl;
+    const int64_t S = a->S, Dm = a->Dm, N = a->N, G = a->G, pf = a->prefetch;
+    const int softplus = (int)a->softplus, nthreads = (int)a->nthreads;
+    /* local copy: provably not aliased by the stores */
+    const int64_t k[12] = {a->su[0], a->su[1], a->sz[0], a->sz[1], a->sdelta[0], a->sdelta[1],
+                           a->sB[0], a->sB[1], a->sB[2], a->sC[0], a->sC[1], a->sC[2]};
+    (void)pf; /* read by the AVX-512 block kernel only */
+    int failed = 0;
     const int64_t Dg = Dm / G;
     const int64_t nblk = (Dg + DB - 1) / DB;
 #ifdef MB_V512
@@ -396,13 +267,13 @@ void mb_scan_varlen(const float* u, const float* dbias, int softplus, const floa
             if (N == 16)
                 scan_blk_v512_n16(u, dbias, softplus, A, B + g * k[6], C + g * k[9], k[8],
                                   k[7], k[11], k[10], Dp, z, delta, hs, k, qsl[s], qsl[s + 1],
-                                  d0, nd);
+                                  d0, nd, pf);
             else
                 scan_blk_v512_any(u, dbias, softplus, A, B + g * k[6], C + g * k[9], k[8],
                                   k[7], k[11], k[10], Dp, z, delta, hs, k, qsl[s], qsl[s + 1],
-                                  d0, nd, N);
+                                  d0, nd, N, pf);
         }
-        return;
+        return MB_OK;
     }
 #endif
     #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
@@ -413,6 +284,11 @@ void mb_scan_varlen(const float* u, const float* dbias, int softplus, const floa
         const int64_t d1 = d0 + DB < (g + 1) * Dg ? d0 + DB : (g + 1) * Dg;
         const int64_t nd = d1 - d0;
         float* hl = (float*)malloc(sizeof(float) * (size_t)(3 * N * DB));
+        if (!hl) {
+            _Pragma("omp atomic write")
+            failed = 1;
+            continue;
+        }
         float* al = hl + N * DB;
         float* bc = al + N * DB; /* B row then C row of the current token */
         float* hs = h + s * Dm * N;
@@ -431,7 +307,7 @@ void mb_scan_varlen(const float* u, const float* dbias, int softplus, const floa
             }
             if (softplus) {
                 #pragma omp simd
-                for (int64_t q = 0; q < DB; ++q) dtv[q] = fsoftplus(dtv[q]);
+                for (int64_t q = 0; q < DB; ++q) dtv[q] = mb_softplus(dtv[q]);
             }
             for (int64_t q = 0; q < DB; ++q) {
                 dtv[q] = q < nd ? dtv[q] : 0.0f;
@@ -447,7 +323,7 @@ void mb_scan_varlen(const float* u, const float* dbias, int softplus, const floa
                 const float* an = al + n * DB;
                 #pragma omp simd
                 for (int64_t q = 0; q < DB; ++q) {
-                    float v = fexp(dtv[q] * an[q]) * hn[q] + xu[q] * bn;
+                    float v = mb_exp(dtv[q] * an[q]) * hn[q] + xu[q] * bn;
                     hn[q] = v;
                     acc[q] += v * cn;
                 }
@@ -460,7 +336,7 @@ void mb_scan_varlen(const float* u, const float* dbias, int softplus, const floa
                 if (z) {
                     float* zp = z + d * k[2] + t * k[3];
                     const float zv = *zp;
-                    *zp = yv * (zv / (1.0f + fexp(-zv)));
+                    *zp = yv * (zv / (1.0f + mb_exp(-zv)));
                 }
             }
         }
@@ -468,9 +344,5 @@ void mb_scan_varlen(const float* u, const float* dbias, int softplus, const floa
             for (int64_t q = 0; q < nd; ++q) hs[(d0 + q) * N + n] = hl[n * DB + q];
         free(hl);
     }
+    return failed ? MB_ENOMEM : MB_OK;
 }
-
-"""
-
-#: The whole translation unit: helpers and scan first, then SSD and SSU, which use them.
-SOURCE = _HELPERS_AND_SCAN + SSD_SSU_SOURCE

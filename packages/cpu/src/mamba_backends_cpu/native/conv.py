@@ -1,41 +1,56 @@
-"""Fused C kernel for causal depthwise conv1d (source in ``_native_conv_src``), via ctypes.
+"""Fused C kernel for causal depthwise conv1d (``csrc/conv.c``), via ctypes.
 
 One kernel serves prefill (``causal_conv1d_fn``) and decode (``causal_conv1d_update``): it
 reads ``x``, the weights and the conv states in place through their strides (fp32 / bf16 /
 fp16, fp32 math), vectorises over channels (unit stride in channel-last ``x`` and in vLLM's
 ``(W-1, dim)`` state pages) and runs channel blocks and sequence chunks on OpenMP threads.
-Built on first use through :func:`mamba_backends_cpu.ops._native.load_library`; when that
-returns None (``MAMBA_BACKENDS_CPU_NATIVE=0``, no compiler) :func:`lib` is None and
-:mod:`.conv1d` keeps its PyTorch paths.
+Built on first use by :mod:`._build`; when that fails or is disabled, :func:`lib` is None and
+the op keeps its PyTorch paths.
 """
 
 from __future__ import annotations
 
 import ctypes
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from mamba_backends_cpu.ops._native import load_library
-from mamba_backends_cpu.ops._native_conv_src import SOURCE
+from mamba_backends_cpu.native import _build
 
 #: The widest kernel the C source holds (``KMAX + 1``).
 MAX_WIDTH = 4
+#: Prefill tokens per work item when a request is split across threads (a per-CPU tunable).
+CHUNK_TOKENS = 128
+#: Tokens ahead that the vector path prefetches (a per-CPU tunable).
+PREFETCH = 8
 
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _INDEX = (torch.int32, torch.int64)
-_PRM = ctypes.c_int64 * 33
+_P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
-def _signatures() -> dict[str, list[Any]]:
-    vp = ctypes.c_void_p
-    return {"mb_conv": [vp] * 9 + [ctypes.c_int]}
+class MbConvArgs(ctypes.Structure):
+    """Mirror of ``MbConvArgs`` in ``csrc/mb_args.h``."""
+
+    _fields_ = [
+        *((n, _P) for n in ("x", "y", "states", "weight", "bias", "qsl", "slots", "has_init")),
+        *((n, _I) for n in ("B", "L", "dim", "W", "xdt", "sxb", "sxt", "sxc")),
+        *((n, _I) for n in ("ydt", "syb", "syt", "syc", "sdt", "s0", "s1", "s2")),
+        *((n, _I) for n in ("wdt", "sw0", "sw1", "bdt", "sb", "q64", "i64", "sslot")),
+        *((n, _I) for n in ("pad_id", "has_pad", "null_id", "has_null", "init_mode", "silu")),
+        *((n, _I) for n in ("zero_skipped", "split", "mode", "nthreads", "chunk_tokens")),
+        ("prefetch", _I),
+    ]
+
+
+LIBRARY = _build.register(
+    _build.Library(name="conv", sources=("conv.c", "abi.c"), kernels={"mb_conv": MbConvArgs})
+)
 
 
 def lib() -> ctypes.CDLL | None:
     """The conv library, or None when native kernels are disabled or unbuildable."""
-    return load_library("conv", SOURCE, _signatures())
+    return _build.load(LIBRARY)
 
 
 def supported(*tensors: Tensor | None) -> bool:
@@ -72,7 +87,7 @@ def conv(
     split: bool,
     mode: int,
 ) -> None:
-    """Run the kernel (see the C source for the exact contract).
+    """Run the kernel (see ``csrc/conv.c`` for the exact contract).
 
     Args:
         x: inputs; channel ``c`` of token ``t`` of request ``b`` at element
@@ -91,9 +106,13 @@ def conv(
     """
     dim, W = weight.shape
     pad, null = pad_slot_id, null_block_id
-    slot_stride = slots.stride(0) if slots is not None else 1
-    prm = _PRM(
-        B, L, dim, W,
+
+    def ptr(t: Tensor | None) -> int | None:
+        return None if t is None else t.data_ptr()
+
+    args = MbConvArgs(
+        ptr(x), ptr(y), ptr(states), ptr(weight), ptr(bias), ptr(qsl), ptr(slots),
+        ptr(has_init), B, L, dim, W,
         DTYPE_CODE[x.dtype], *x_strides,
         DTYPE_CODE[y.dtype], *y_strides,
         DTYPE_CODE[states.dtype], *states.stride(),
@@ -102,20 +121,10 @@ def conv(
         bias.stride(0) if bias is not None else 0,
         int(qsl is not None and qsl.dtype == torch.int64),
         int(slots is not None and slots.dtype == torch.int64),
-        slot_stride,
+        slots.stride(0) if slots is not None else 1,
         pad if pad is not None else 0, int(pad is not None),
         null if null is not None else 0, int(null is not None),
-        init_mode, int(silu), int(zero_skipped), int(split), mode,
+        init_mode, int(silu), int(zero_skipped), int(split), mode, torch.get_num_threads(),
+        CHUNK_TOKENS, PREFETCH,
     )  # fmt: skip
-    cdll.mb_conv(
-        x.data_ptr(),
-        y.data_ptr(),
-        states.data_ptr(),
-        weight.data_ptr(),
-        None if bias is None else bias.data_ptr(),
-        None if qsl is None else qsl.data_ptr(),
-        None if slots is None else slots.data_ptr(),
-        None if has_init is None else has_init.data_ptr(),
-        prm,
-        torch.get_num_threads(),
-    )
+    _build.call(cdll.mb_conv, args)

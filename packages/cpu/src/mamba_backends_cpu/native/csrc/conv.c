@@ -1,13 +1,5 @@
-"""C source of the causal depthwise conv1d kernels (prefill and decode), see ``_native_conv``."""
-
-SOURCE = r"""
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#include <math.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+/* Causal depthwise conv1d (mb_conv), prefill and decode in one kernel. */
+#include "mb_common.h"
 
 /* One kernel serves causal_conv1d_fn and causal_conv1d_update.
 
@@ -23,116 +15,17 @@ SOURCE = r"""
    zeroed when zero_skipped. Math is fp32; x/y/st/w/bias are fp32 (0), bf16 (1) or fp16 (2).
 
    Work items: channel groups of CG channels. mode 0: item = (chunk of a request, block);
-   with split, a request is cut in chunks of CH tokens (the window of a chunk is read from x),
-   and the state of a request of several chunks is written after a barrier, so that no chunk
+   with split, a request is cut in chunks of chunk_tokens tokens (the window of a chunk is
+   read from x), and the state of a request of several chunks is written after a barrier, so that no chunk
    reads an initial state after it was overwritten. mode 1: item = one request, all groups.
-   Inside a group, blocks of 64 channels run on 16-lane GCC vectors with the window kept in
+   Inside a group, blocks of 64 channels run on MB_VL-lane GCC vectors with the window kept in
    registers (mb_vblock; unit channel strides, x and y both fp32 or both bf16), one-token
    decode runs a fused load-compute-shift loop (mb_dec1), and the rest (fp16, strided
    channels, a tail of < 64 channels) a scalar ring of fp32 rows (mb_run). AVX-512 (F, BF16)
    intrinsics replace a few portable operations where the compiler targets them. */
 
 #define CG 512 /* channels per work item */
-#define CH 128 /* prefill tokens per work item */
 #define KMAX 3
-
-typedef _Float16 mb_half;
-
-static inline float mb_bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t mb_f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16; /* nearest, ties to even */
-    uint32_t quiet = (u >> 16) | 0x40u;
-    return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u) ? quiet : rounded);
-}
-
-/* exp for the SiLU: n = round(v / ln2), r = v - n ln2 (two-part ln2), degree-7 Taylor
-   polynomial of e^r on |r| <= ln2/2 (relative error ~1e-7), times 2^n built in the exponent. */
-static inline float mb_exp(float v) {
-    v = v < -87.0f ? -87.0f : v; /* not fminf/fmaxf: those stay libm calls (NaN rules) */
-    v = v > 88.0f ? 88.0f : v;
-    /* round to nearest by the 1.5 * 2^23 shift (floorf is a libm call without fast-math) */
-    float n = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = v - n * 0.693145751953125f;
-    r = r - n * 1.42860682030941723e-6f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t e = ((int32_t)n + 127) << 23;
-    float s;
-    memcpy(&s, &e, sizeof s);
-    return p * s;
-}
-
-static inline int64_t mb_esize(int dt) { return dt == 0 ? 4 : 2; }
-
-/* d[i] = p[i * s] as fp32, i < n */
-static void mb_load(const char* p, int dt, int64_t s, int64_t n, float* restrict d) {
-    if (dt == 0) {
-        const float* q = (const float*)p;
-        if (s == 1) {
-            memcpy(d, q, (size_t)n * sizeof(float));
-        } else {
-            for (int64_t i = 0; i < n; ++i) d[i] = q[i * s];
-        }
-    } else if (dt == 1) {
-        const uint16_t* q = (const uint16_t*)p;
-        if (s == 1) {
-            #pragma omp simd
-            for (int64_t i = 0; i < n; ++i) d[i] = mb_bf16_to_f32(q[i]);
-        } else {
-            for (int64_t i = 0; i < n; ++i) d[i] = mb_bf16_to_f32(q[i * s]);
-        }
-    } else {
-        const mb_half* q = (const mb_half*)p;
-        if (s == 1) {
-            #pragma omp simd
-            for (int64_t i = 0; i < n; ++i) d[i] = (float)q[i];
-        } else {
-            for (int64_t i = 0; i < n; ++i) d[i] = (float)q[i * s];
-        }
-    }
-}
-
-/* p[i * s] = v[i] in dtype dt, i < n */
-static void mb_store(char* p, int dt, int64_t s, int64_t n, const float* restrict v) {
-    if (dt == 0) {
-        float* q = (float*)p;
-        if (s == 1) {
-            memcpy(q, v, (size_t)n * sizeof(float));
-        } else {
-            for (int64_t i = 0; i < n; ++i) q[i * s] = v[i];
-        }
-    } else if (dt == 1) {
-        uint16_t* q = (uint16_t*)p;
-        if (s == 1) {
-            #pragma omp simd
-            for (int64_t i = 0; i < n; ++i) q[i] = mb_f32_to_bf16(v[i]);
-        } else {
-            for (int64_t i = 0; i < n; ++i) q[i * s] = mb_f32_to_bf16(v[i]);
-        }
-    } else {
-        mb_half* q = (mb_half*)p;
-        if (s == 1) {
-            #pragma omp simd
-            for (int64_t i = 0; i < n; ++i) q[i] = (mb_half)v[i];
-        } else {
-            for (int64_t i = 0; i < n; ++i) q[i * s] = (mb_half)v[i];
-        }
-    }
-}
 
 static void mb_zero(char* p, int dt, int64_t s, int64_t n) {
     if (s == 1) {
@@ -183,7 +76,7 @@ typedef struct {
     int64_t B, L, dim, W, K;
     int64_t xdt, sxb, sxt, sxc, ydt, syb, syt, syc, sdt, s0, s1, s2;
     int64_t q64, i64, sslot, pad_id, has_pad, null_id, has_null;
-    int64_t init_mode, silu, zero_skipped, split, mode;
+    int64_t init_mode, silu, zero_skipped, split, mode, chunk_tokens, prefetch;
 } MbConv;
 
 static inline int64_t mb_idx(const char* p, int is64, int64_t i) {
@@ -216,103 +109,20 @@ static inline char* mb_scol(const MbConv* a, int64_t slot, int64_t c0, int64_t i
     return a->st + (slot * a->s0 + c0 * a->s1 + i * a->s2) * mb_esize((int)a->sdt);
 }
 
-/* Fast path: 16 channels in GCC vector registers, the window rotating in registers, for
-   unit channel strides and x, y both fp32 or both bf16. */
-typedef float mb_v16 __attribute__((vector_size(64)));
-typedef int32_t mb_i16 __attribute__((vector_size(64)));
-typedef uint32_t mb_u16 __attribute__((vector_size(64)));
-typedef uint16_t mb_h16 __attribute__((vector_size(32)));
-#define VL 16
-#define VB 4 /* vectors per token step: 64 channels */
-#define PF 8 /* prefetch distance, tokens */
-
-static inline __attribute__((always_inline)) mb_v16 mb_vload(const char* p, const int dt) {
-    mb_v16 v;
-    if (dt == 0) {
-        memcpy(&v, p, sizeof v);
-    } else {
-        mb_h16 h;
-        memcpy(&h, p, sizeof h);
-        mb_u16 u = __builtin_convertvector(h, mb_u16) << 16;
-        memcpy(&v, &u, sizeof v);
-    }
-    return v;
-}
-
-static inline __attribute__((always_inline)) void mb_vstore(char* p, const int dt, mb_v16 v) {
-    if (dt == 0) {
-        memcpy(p, &v, sizeof v);
-        return;
-    }
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
-    __m256bh hb = _mm512_cvtneps_pbh((__m512)v); /* nearest-even, NaN stays NaN */
-    memcpy(p, &hb, sizeof hb);
-#else
-    mb_u16 u;
-    memcpy(&u, &v, sizeof u);
-    mb_u16 nan = (mb_u16)((u & 0x7fffffffu) > 0x7f800000u);
-    mb_u16 r = ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16 & ~nan) | (((u >> 16) | 0x40u) & nan);
-    mb_h16 h = __builtin_convertvector(r, mb_h16);
-    memcpy(p, &h, sizeof h);
-#endif
-}
-
-#if defined(__AVX512F__)
-static inline mb_v16 mb_vclamp(mb_v16 v, float lo, float hi) {
-    return (mb_v16)_mm512_min_ps(_mm512_max_ps((__m512)v, _mm512_set1_ps(lo)),
-                                 _mm512_set1_ps(hi));
-}
-/* 1 / d: 14-bit estimate and one Newton step (relative error ~1e-8) */
-static inline mb_v16 mb_vrcp(mb_v16 d) {
-    mb_v16 r = (mb_v16)_mm512_rcp14_ps((__m512)d);
-    return r * (2.0f - d * r);
-}
-#else
-static inline mb_v16 mb_vclamp(mb_v16 v, float lo, float hi) {
-    mb_i16 bits = (mb_i16)v;
-    mb_i16 below = v < lo, above = v > hi;
-    mb_i16 vlo = (mb_i16)((mb_v16){0} + lo), vhi = (mb_i16)((mb_v16){0} + hi);
-    bits = (bits & ~below) | (vlo & below);
-    bits = (bits & ~above) | (vhi & above);
-    return (mb_v16)bits;
-}
-static inline mb_v16 mb_vrcp(mb_v16 d) { return 1.0f / d; }
-#endif
-
-/* e^v on 16 lanes: as mb_exp with a degree-6 polynomial (relative error ~2e-7) */
-static inline mb_v16 mb_vexp(mb_v16 v) {
-    v = mb_vclamp(v, -87.0f, 88.0f);
-#if defined(__AVX512F__)
-    mb_v16 n = (mb_v16)_mm512_roundscale_ps((__m512)(v * 1.44269504088896341f),
-                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-#else
-    mb_v16 n = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-#endif
-    mb_v16 r = v - n * 0.693145751953125f;
-    r = r - n * 1.42860682030941723e-6f;
-    mb_v16 q = r * (1.0f / 720.0f) + 1.0f / 120.0f;
-    q = q * r + 1.0f / 24.0f;
-    q = q * r + 1.0f / 6.0f;
-    q = q * r + 0.5f;
-    q = q * r + 1.0f;
-    q = q * r + 1.0f;
-#if defined(__AVX512F__)
-    return (mb_v16)_mm512_scalef_ps((__m512)q, (__m512)n); /* q * 2^n */
-#else
-    mb_i16 e = (__builtin_convertvector(n, mb_i16) + 127) << 23;
-    return q * (mb_v16)e;
-#endif
-}
+/* Fast path: blocks of 64 channels as VB vectors of MB_VL lanes (mb_common.h), the window
+   rotating in registers, for unit channel strides and x, y both fp32 or both bf16. */
+#define VL MB_VL
+#define VB (64 / MB_VL) /* vectors per token step: 64 channels */
 
 static inline __attribute__((always_inline)) void mb_vblock(
     const int K, const int dt, const int silu, const MbConv* a, int64_t b, int64_t start,
     int64_t slot, int use_init, int64_t t0, int64_t t1, int64_t c, int write_state) {
     const float* wf = a->wf + c;
     const int64_t dim = a->dim;
-    mb_v16 w[KMAX + 1][VB], h[KMAX + 1][VB], bias[VB];
+    mb_vf w[KMAX + 1][VB], h[KMAX + 1][VB], bias[VB];
     for (int j = 0; j < VB; ++j) {
-        for (int k = 0; k <= K; ++k) memcpy(&w[k][j], wf + k * dim + j * VL, sizeof(mb_v16));
-        memcpy(&bias[j], wf + (K + 1) * dim + j * VL, sizeof(mb_v16));
+        for (int k = 0; k <= K; ++k) memcpy(&w[k][j], wf + k * dim + j * VL, sizeof(mb_vf));
+        memcpy(&bias[j], wf + (K + 1) * dim + j * VL, sizeof(mb_vf));
     }
     const int sfast = a->s1 == 1 && a->sdt < 2;
     const int64_t ses = mb_esize((int)a->sdt);
@@ -323,12 +133,12 @@ static inline __attribute__((always_inline)) void mb_vblock(
             if (p >= 0) {
                 h[i][j] = mb_vload(mb_xrow(a, b, start + p, cj), dt);
             } else if (!use_init) {
-                h[i][j] = (mb_v16){0};
+                h[i][j] = (mb_vf){0};
             } else if (sfast) {
                 h[i][j] = mb_vload(mb_scol(a, slot, cj, K + p), (int)a->sdt);
             } else {
                 float tmp[VL];
-                mb_load(mb_scol(a, slot, cj, K + p), (int)a->sdt, a->s1, VL, tmp);
+                mb_load_n(mb_scol(a, slot, cj, K + p), (int)a->sdt, a->s1, VL, tmp);
                 memcpy(&h[i][j], tmp, sizeof tmp);
             }
         }
@@ -337,10 +147,10 @@ static inline __attribute__((always_inline)) void mb_vblock(
     const char* xp = mb_xrow(a, b, start + t0, c);
     char* yp = mb_yrow(a, b, start + t0, c);
     for (int64_t t = t0; t < t1; ++t, xp += xs, yp += ys) {
-        if (t + PF < t1) __builtin_prefetch(xp + PF * xs);
+        if (t + a->prefetch < t1) __builtin_prefetch(xp + a->prefetch * xs);
         for (int j = 0; j < VB; ++j) {
             h[K][j] = mb_vload(xp + j * VL * es, dt);
-            mb_v16 v = bias[j] + w[0][j] * h[0][j];
+            mb_vf v = bias[j] + w[0][j] * h[0][j];
             for (int k = 1; k <= K; ++k) v += w[k][j] * h[k][j];
             for (int k = 0; k < K; ++k) h[k][j] = h[k + 1][j];
             if (silu) v = v * mb_vrcp(1.0f + mb_vexp(-v));
@@ -357,7 +167,7 @@ static inline __attribute__((always_inline)) void mb_vblock(
             } else {
                 float tmp[VL];
                 memcpy(tmp, &h[i][j], sizeof tmp);
-                mb_store(mb_scol(a, slot, cj, i), (int)a->sdt, a->s1, VL, tmp);
+                mb_store_n(mb_scol(a, slot, cj, i), (int)a->sdt, a->s1, VL, tmp);
             }
         }
     }
@@ -405,7 +215,7 @@ static inline __attribute__((always_inline)) int64_t mb_dec1(
     const float* wf = a->wf;
     int64_t c = 0;
     for (; c + VL <= dim; c += VL) {
-        mb_v16 h[KMAX + 1], w, v;
+        mb_vf h[KMAX + 1], w, v;
         for (int k = 0; k < K; ++k) h[k] = mb_vload(sp + k * cs + c * ses, sdt);
         h[K] = mb_vload(xp + c * es, dt);
         memcpy(&v, wf + (K + 1) * dim + c, sizeof v);
@@ -455,14 +265,14 @@ static void mb_run(const MbConv* a, int64_t b, int64_t start, int64_t slot, int 
         const int64_t p = t0 - K + i;
         float* row = ring + ((p + 4) & 3) * CG;
         if (p >= 0)
-            mb_load(mb_xrow(a, b, start + p, c0), (int)a->xdt, a->sxc, nc, row);
+            mb_load_n(mb_xrow(a, b, start + p, c0), (int)a->xdt, a->sxc, nc, row);
         else if (use_init)
-            mb_load(mb_scol(a, slot, c0, K + p), (int)a->sdt, a->s1, nc, row);
+            mb_load_n(mb_scol(a, slot, c0, K + p), (int)a->sdt, a->s1, nc, row);
         else
             memset(row, 0, (size_t)nc * sizeof(float));
     }
     for (int64_t t = t0; t < t1; ++t) {
-        mb_load(mb_xrow(a, b, start + t, c0), (int)a->xdt, a->sxc, nc, ring + (t & 3) * CG);
+        mb_load_n(mb_xrow(a, b, start + t, c0), (int)a->xdt, a->sxc, nc, ring + (t & 3) * CG);
         for (int64_t k = 0; k <= K; ++k) rows[k] = ring + ((t - K + k + 4) & 3) * CG;
         switch (K) {
             case 0: mb_taps(0, nc, rows, wf, a->dim, out, (int)a->silu); break;
@@ -470,42 +280,43 @@ static void mb_run(const MbConv* a, int64_t b, int64_t start, int64_t slot, int 
             case 2: mb_taps(2, nc, rows, wf, a->dim, out, (int)a->silu); break;
             default: mb_taps(3, nc, rows, wf, a->dim, out, (int)a->silu); break;
         }
-        mb_store(mb_yrow(a, b, start + t, c0), (int)a->ydt, a->syc, nc, out);
+        mb_store_n(mb_yrow(a, b, start + t, c0), (int)a->ydt, a->syc, nc, out);
     }
     if (write_state)
         for (int64_t i = 0; i < K; ++i)
-            mb_store(mb_scol(a, slot, c0, i), (int)a->sdt, a->s1, nc,
+            mb_store_n(mb_scol(a, slot, c0, i), (int)a->sdt, a->s1, nc,
                      ring + ((t1 - K + i + 4) & 3) * CG);
 }
 
-/* prm: B, L, dim, W, xdt, sxb, sxt, sxc, ydt, syb, syt, syc, sdt, s0, s1, s2, wdt, sw0, sw1,
-   bdt, sb, q64, i64, sslot, pad_id, has_pad, null_id, has_null, init_mode, silu,
-   zero_skipped, split, mode */
-void mb_conv(const void* x, void* y, void* st, const void* w, const void* bias,
-             const void* qsl, const void* slots, const uint8_t* has_init, const int64_t* prm,
-             int nthreads) {
+int mb_conv(const MbConvArgs* p, int64_t args_size) {
+    MB_CHECK_ARGS(p, args_size);
     MbConv a;
-    a.x = (const char*)x; a.y = (char*)y; a.st = (char*)st;
-    a.qsl = (const char*)qsl; a.slots = (const char*)slots; a.has_init = has_init;
-    a.B = prm[0]; a.L = prm[1]; a.dim = prm[2]; a.W = prm[3]; a.K = a.W - 1;
-    a.xdt = prm[4]; a.sxb = prm[5]; a.sxt = prm[6]; a.sxc = prm[7];
-    a.ydt = prm[8]; a.syb = prm[9]; a.syt = prm[10]; a.syc = prm[11];
-    a.sdt = prm[12]; a.s0 = prm[13]; a.s1 = prm[14]; a.s2 = prm[15];
-    const int64_t wdt = prm[16], sw0 = prm[17], sw1 = prm[18], bdt = prm[19], sb = prm[20];
-    a.q64 = prm[21]; a.i64 = prm[22]; a.sslot = prm[23]; a.pad_id = prm[24];
-    a.has_pad = prm[25]; a.null_id = prm[26]; a.has_null = prm[27]; a.init_mode = prm[28];
-    a.silu = prm[29]; a.zero_skipped = prm[30]; a.split = prm[31]; a.mode = prm[32];
+    a.x = (const char*)p->x; a.y = (char*)p->y; a.st = (char*)p->states;
+    a.qsl = (const char*)p->qsl; a.slots = (const char*)p->slots; a.has_init = p->has_init;
+    a.B = p->B; a.L = p->L; a.dim = p->dim; a.W = p->W; a.K = a.W - 1;
+    a.xdt = p->xdt; a.sxb = p->sxb; a.sxt = p->sxt; a.sxc = p->sxc;
+    a.ydt = p->ydt; a.syb = p->syb; a.syt = p->syt; a.syc = p->syc;
+    a.sdt = p->sdt; a.s0 = p->s0; a.s1 = p->s1; a.s2 = p->s2;
+    const void *w = p->weight, *bias = p->bias;
+    const int64_t wdt = p->wdt, sw0 = p->sw0, sw1 = p->sw1, bdt = p->bdt, sb = p->sb;
+    a.q64 = p->q64; a.i64 = p->i64; a.sslot = p->sslot; a.pad_id = p->pad_id;
+    a.has_pad = p->has_pad; a.null_id = p->null_id; a.has_null = p->has_null;
+    a.init_mode = p->init_mode; a.silu = p->silu; a.zero_skipped = p->zero_skipped;
+    a.split = p->split; a.mode = p->mode;
+    a.chunk_tokens = p->chunk_tokens > 0 ? p->chunk_tokens : 1;
+    a.prefetch = p->prefetch;
+    const int nthreads = (int)p->nthreads;
     const int64_t dim = a.dim, W = a.W, B = a.B;
-    if (W < 1 || W > KMAX + 1 || B <= 0 || dim <= 0) return;
+    if (W < 1 || W > KMAX + 1 || B <= 0 || dim <= 0) return MB_OK;
 
     /* fp32 taps, (W, dim), then the bias row */
     float* wf = (float*)malloc((size_t)((W + 1) * dim) * sizeof(float));
-    if (!wf) return;
+    if (!wf) return MB_ENOMEM;
     for (int64_t k = 0; k < W; ++k)
-        mb_load((const char*)w + k * sw1 * mb_esize((int)wdt), (int)wdt, sw0, dim,
+        mb_load_n((const char*)w + k * sw1 * mb_esize((int)wdt), (int)wdt, sw0, dim,
                 wf + k * dim);
     if (bias)
-        mb_load((const char*)bias, (int)bdt, sb, dim, wf + W * dim);
+        mb_load_n((const char*)bias, (int)bdt, sb, dim, wf + W * dim);
     else
         memset(wf + W * dim, 0, (size_t)dim * sizeof(float));
     a.wf = wf;
@@ -529,18 +340,22 @@ void mb_conv(const void* x, void* y, void* st, const void* w, const void* bias,
             }
         }
         free(wf);
-        return;
+        return MB_OK;
     }
 
     /* mode 0: chunks; cs[b] = first chunk of request b */
     int64_t* cs = (int64_t*)malloc((size_t)(B + 1) * sizeof(int64_t));
-    if (!cs) { free(wf); return; }
+    if (!cs) {
+        free(wf);
+        return MB_ENOMEM;
+    }
     cs[0] = 0;
     for (int64_t b = 0; b < B; ++b) {
         int64_t start, len, slot;
         int skip;
         mb_request(&a, b, &start, &len, &slot, &skip);
-        int64_t nch = (a.split && len > CH) ? (len + CH - 1) / CH : 1;
+        const int64_t ch = a.chunk_tokens;
+        const int64_t nch = (a.split && len > ch) ? (len + ch - 1) / ch : 1;
         cs[b + 1] = cs[b] + nch;
     }
     const int64_t nitems = cs[B] * nblk;
@@ -560,8 +375,9 @@ void mb_conv(const void* x, void* y, void* st, const void* w, const void* bias,
             mb_request(&a, b, &start, &len, &slot, &skip);
             if (len <= 0) continue;
             const int64_t c0 = blk * CG, nc = dim - c0 < CG ? dim - c0 : CG;
-            const int64_t t0 = nch > 1 ? ci * CH : 0;
-            const int64_t t1 = nch > 1 ? (t0 + CH < len ? t0 + CH : len) : len;
+            const int64_t t0 = nch > 1 ? ci * a.chunk_tokens : 0;
+            const int64_t t1 =
+                nch > 1 ? (t0 + a.chunk_tokens < len ? t0 + a.chunk_tokens : len) : len;
             if (skip) {
                 if (a.zero_skipped)
                     for (int64_t t = t0; t < t1; ++t)
@@ -583,12 +399,12 @@ void mb_conv(const void* x, void* y, void* st, const void* w, const void* bias,
             const int64_t c0 = blk * CG, nc = dim - c0 < CG ? dim - c0 : CG;
             float tmp[CG];
             for (int64_t i = 0; i < a.K; ++i) {
-                mb_load(mb_xrow(&a, b, start + len - a.K + i, c0), (int)a.xdt, a.sxc, nc, tmp);
-                mb_store(mb_scol(&a, slot, c0, i), (int)a.sdt, a.s1, nc, tmp);
+                mb_load_n(mb_xrow(&a, b, start + len - a.K + i, c0), (int)a.xdt, a.sxc, nc, tmp);
+                mb_store_n(mb_scol(&a, slot, c0, i), (int)a.sdt, a.s1, nc, tmp);
             }
         }
     }
     free(cs);
     free(wf);
+    return MB_OK;
 }
-"""

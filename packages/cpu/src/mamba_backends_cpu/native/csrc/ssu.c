@@ -1,108 +1,6 @@
-"""C source of the fused SSD recurrence and selective state update (decode) kernels.
-
-Appended after ``_native_src``'s shared helpers (fexp, bf16 conversion, 16-lane vectors), which
-it uses; built and loaded by ``_native``.
-"""
-
-SSD_SSU_SOURCE = r"""/* SSD epilogue for one token and head: y = (acc + D x) * silu(z). */
-static inline void ssd_out(float* yt, float* yv, const float* xt, const float* dh,
-                           const float* zt, int64_t P) {
-    if (dh) {
-        #pragma omp simd
-        for (int64_t p = 0; p < P; ++p) yv[p] += dh[p] * xt[p];
-    }
-    if (zt) {
-        #pragma omp simd
-        for (int64_t p = 0; p < P; ++p) yv[p] *= zt[p] / (1.0f + fexp(-zt[p]));
-    }
-    memcpy(yt, yv, sizeof(float) * (size_t)P);
-}
-
-/* Mamba2 SSD as a recurrence per (sequence, head), state (P, N) in cache; four tokens are
-   applied per pass over the state (a quarter of the state traffic).
-   x, y, z: (T, H, P); dt: (T, H) (biased, softplussed, clamped); A: (H,);
-   B, C: (T, G, N); D: (H, P) or NULL; z may be NULL; init: (S, H, P, N) or NULL;
-   final: (S, H, P, N) out; cuc: (nch+1,) chunk offsets, chunk_first: (S,) first chunk of each
-   sequence, chunk_states: (nch, H, P, N) out or NULL (state after every chunk). */
-void mb_ssd_f32(const float* x, const float* dt, const float* A, const float* B,
-                const float* C, const float* Dp, const float* zp, const float* init,
-                float* y, float* final_, const int64_t* qsl, const int64_t* cuc,
-                const int64_t* chunk_first, float* chunk_states, int64_t S, int64_t H,
-                int64_t P, int64_t N, int64_t G, int nthreads) {
-    const int64_t rep = H / G, PN = P * N;
-    #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (int64_t item = 0; item < S * H; ++item) {
-        const int64_t s = item / H, h = item % H, g = h / rep;
-        float* st = final_ + (s * H + h) * PN;
-        if (init) memcpy(st, init + (s * H + h) * PN, sizeof(float) * (size_t)PN);
-        else memset(st, 0, sizeof(float) * (size_t)PN);
-        const float a = A[h];
-        const float* dh = Dp ? Dp + h * P : NULL;
-        float* yv = (float*)malloc(sizeof(float) * (size_t)(4 * P));
-        int64_t t = qsl[s];
-        for (int64_t c = chunk_first[s]; t < qsl[s + 1]; ++c) {
-            const int64_t t_end = cuc[c + 1];
-            for (; t + 4 <= t_end; t += 4) {
-                float dtv[4], dA[4];
-                const float *b[4], *cc[4], *xt[4];
-                for (int u = 0; u < 4; ++u) {
-                    dtv[u] = dt[(t + u) * H + h];
-                    dA[u] = fexp(dtv[u] * a);
-                    b[u] = B + ((t + u) * G + g) * N;
-                    cc[u] = C + ((t + u) * G + g) * N;
-                    xt[u] = x + ((t + u) * H + h) * P;
-                }
-                const float *b0 = b[0], *b1 = b[1], *b2 = b[2], *b3 = b[3];
-                const float *c0 = cc[0], *c1 = cc[1], *c2 = cc[2], *c3 = cc[3];
-                for (int64_t p = 0; p < P; ++p) {
-                    const float x0 = xt[0][p] * dtv[0], x1 = xt[1][p] * dtv[1];
-                    const float x2 = xt[2][p] * dtv[2], x3 = xt[3][p] * dtv[3];
-                    float* sp = st + p * N;
-                    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-                    #pragma omp simd reduction(+:a0, a1, a2, a3)
-                    for (int64_t n = 0; n < N; ++n) {
-                        float v = sp[n] * dA[0] + x0 * b0[n];
-                        a0 += v * c0[n];
-                        v = v * dA[1] + x1 * b1[n];
-                        a1 += v * c1[n];
-                        v = v * dA[2] + x2 * b2[n];
-                        a2 += v * c2[n];
-                        v = v * dA[3] + x3 * b3[n];
-                        a3 += v * c3[n];
-                        sp[n] = v;
-                    }
-                    yv[p] = a0; yv[P + p] = a1; yv[2 * P + p] = a2; yv[3 * P + p] = a3;
-                }
-                for (int u = 0; u < 4; ++u)
-                    ssd_out(y + ((t + u) * H + h) * P, yv + u * P, xt[u], dh,
-                            zp ? zp + ((t + u) * H + h) * P : NULL, P);
-            }
-            for (; t < t_end; ++t) {
-                const float dtv = dt[t * H + h];
-                const float dA = fexp(dtv * a);
-                const float* b = B + (t * G + g) * N;
-                const float* cc = C + (t * G + g) * N;
-                const float* xt = x + (t * H + h) * P;
-                for (int64_t p = 0; p < P; ++p) {
-                    const float xdt = xt[p] * dtv;
-                    float* sp = st + p * N;
-                    float acc = 0.0f;
-                    #pragma omp simd reduction(+:acc)
-                    for (int64_t n = 0; n < N; ++n) {
-                        float v = sp[n] * dA + xdt * b[n];
-                        sp[n] = v;
-                        acc += v * cc[n];
-                    }
-                    yv[p] = acc;
-                }
-                ssd_out(y + (t * H + h) * P, yv, xt, dh, zp ? zp + (t * H + h) * P : NULL, P);
-            }
-            if (chunk_states)
-                memcpy(chunk_states + (c * H + h) * PN, st, sizeof(float) * (size_t)PN);
-        }
-        free(yv);
-    }
-}
+/* Selective state update (mb_ssu): one decode token per request, the states updated in
+   place through any strides. */
+#include "mb_common.h"
 
 /* Selective state update, one token per request, everything addressed through strides
    (vLLM's tied Mamba2 layout has zero strides; nothing is copied on the Python side).
@@ -113,7 +11,10 @@ void mb_ssd_f32(const float* x, const float* dt, const float* A, const float* B,
    skips the request (no state read or written, out rows untouched); a destination equal to
    pad/null is not written. dt_bias/D/z may be NULL. tied: dt, dt_bias and A are read once
    per (r, h). */
-static inline float softplus_f(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+
+#define ID(v) (v)
+#define F16L(v) ((float)(v))
+#define F16S(v) ((mb_half)(v))
 
 #define SSU_LOOP(LOAD, STORE)                                                          \
     for (int64_t p = 0; p < P; ++p) {                                                  \
@@ -121,7 +22,7 @@ static inline float softplus_f(float v) { return v > 20.0f ? v : log1pf(expf(v))
         if (!tied) {                                                                   \
             dtv = dt[r * k[4] + hh * k[5] + p * k[6]];                                 \
             if (dtb) dtv += dtb[hh * k[7] + p * k[8]];                                 \
-            if (sp_) dtv = softplus_f(dtv);                                            \
+            if (sp_) dtv = mb_softplus(dtv);                                            \
         }                                                                              \
         const float xv = x[r * k[24] + hh * k[25] + p * k[26]];                        \
         const float xdt = xv * dtv;                                                    \
@@ -141,14 +42,14 @@ static inline float softplus_f(float v) { return v > 20.0f ? v : log1pf(expf(v))
             } else {                                                                   \
                 _Pragma("omp simd reduction(+:acc)")                                   \
                 for (int64_t n = 0; n < N; ++n) {                                      \
-                    float v = LOAD(in[n]) * fexp(dtv * a[n]) + xdt * b[n];             \
+                    float v = LOAD(in[n]) * mb_exp(dtv * a[n]) + xdt * b[n];             \
                     o[n] = STORE(v);                                                   \
                     acc += v * c[n];                                                   \
                 }                                                                      \
             }                                                                          \
         } else {                                                                       \
             for (int64_t n = 0; n < N; ++n) {                                          \
-                float dA = tied ? dAt : fexp(dtv * a[n * an]);                         \
+                float dA = tied ? dAt : mb_exp(dtv * a[n * an]);                         \
                 float v = LOAD(in[n * sn]) * dA + xdt * b[n];                          \
                 if (wr) o[n * sn] = STORE(v);                                          \
                 acc += v * c[n];                                                       \
@@ -157,7 +58,7 @@ static inline float softplus_f(float v) { return v > 20.0f ? v : log1pf(expf(v))
         if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                                \
         if (z) {                                                                       \
             const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                    \
-            acc *= zv / (1.0f + fexp(-zv));                                            \
+            acc *= zv / (1.0f + mb_exp(-zv));                                            \
         }                                                                              \
         out[r * k[21] + hh * k[22] + p * k[23]] = acc;                                 \
     }
@@ -185,7 +86,7 @@ static inline float softplus_f(float v) { return v > 20.0f ? v : log1pf(expf(v))
             if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                            \
             if (z) {                                                                   \
                 const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                \
-                acc *= zv / (1.0f + fexp(-zv));                                        \
+                acc *= zv / (1.0f + mb_exp(-zv));                                        \
             }                                                                          \
             out[r * k[21] + hh * k[22] + p * k[23]] = acc;                             \
         }                                                                              \
@@ -234,7 +135,7 @@ static void ssu_rows_##SFX(const T_* in, T_* o, int64_t ps, const float* b,     
 }
 SSU_V512_FN(f32, float)
 SSU_V512_FN(bf16, uint16_t)
-SSU_V512_FN(f16, _Float16)
+SSU_V512_FN(f16, mb_half)
 
 /* The tied fast path of one (request, head) through ssu_rows_*: y rows, then D and z. */
 #define SSU_V512_HEAD(SFX)                                                              \
@@ -249,7 +150,7 @@ SSU_V512_FN(f16, _Float16)
             if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                            \
             if (z) {                                                                    \
                 const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                \
-                acc *= zv / (1.0f + fexp(-zv));                                        \
+                acc *= zv / (1.0f + mb_exp(-zv));                                        \
             }                                                                           \
             out[r * k[21] + hh * k[22] + p * k[23]] = acc;                             \
         }                                                                               \
@@ -257,7 +158,7 @@ SSU_V512_FN(f16, _Float16)
 #define SSU_V512_OK (tied && wr && sn == 1 && N % 16 == 0 && N <= 256 && P <= 1024)
 #else
 #define SSU_V512_OK 0
-#define SSU_V512_HEAD(SFX) {}
+#define SSU_V512_HEAD(SFX) { (void)base; }
 #endif
 
 #define SSU_DISPATCH(LOAD, STORE)                                                      \
@@ -269,13 +170,21 @@ static inline int64_t slot_at(const void* t, int is32, int64_t i) {
     return is32 ? (int64_t)((const int32_t*)t)[i] : ((const int64_t*)t)[i];
 }
 
-void mb_ssu(void* state, int dtype, const int64_t* k_in, const void* src_slot,
-            const void* dst_slot, int idx32, int64_t pad_id, int64_t null_id, int has_null,
-            const float* x, const float* dt, const float* dtb, int sp_, const float* A,
-            const float* B, const float* C, const float* Dp, const float* z, float* out,
-            int64_t R, int64_t H, int64_t P, int64_t N, int64_t G, int tied, int nthreads) {
+int mb_ssu(const MbSsuArgs* a, int64_t args_size) {
+    MB_CHECK_ARGS(a, args_size);
+    _Static_assert(offsetof(MbSsuArgs, s_dst) - offsetof(MbSsuArgs, s_state) == 28 * 8,
+                   "the strides of MbSsuArgs are one array");
     int64_t k[29];
-    memcpy(k, k_in, sizeof(k)); /* local copy: provably not aliased by the stores */
+    memcpy(k, a->s_state, sizeof(k)); /* local copy: provably not aliased by the stores */
+    void* state = a->state;
+    const void *src_slot = a->src, *dst_slot = a->dst;
+    const float *x = a->x, *dt = a->dt, *dtb = a->dt_bias, *A = a->A, *B = a->B, *C = a->C;
+    const float *Dp = a->D, *z = a->z;
+    float* out = a->out;
+    const int dtype = (int)a->dtype, idx32 = (int)a->idx32, has_null = (int)a->has_null;
+    const int sp_ = (int)a->softplus, tied = (int)a->tied, nthreads = (int)a->nthreads;
+    const int64_t pad_id = a->pad_id, null_id = a->null_id;
+    const int64_t R = a->R, H = a->H, P = a->P, N = a->N, G = a->G;
     const int64_t rep = H / G, sn = k[3], an = k[11];
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t item = 0; item < R * H; ++item) {
@@ -290,8 +199,8 @@ void mb_ssu(void* state, int dtype, const int64_t* k_in, const void* src_slot,
         if (tied) {
             dt0 = dt[r * k[4] + hh * k[5]];
             if (dtb) dt0 += dtb[hh * k[7]];
-            if (sp_) dt0 = softplus_f(dt0);
-            dAt = fexp(dt0 * A[hh * k[9]]);
+            if (sp_) dt0 = mb_softplus(dt0);
+            dAt = mb_exp(dt0 * A[hh * k[9]]);
         }
         if (dtype == 0) {
             typedef float T_; T_* base = (T_*)state;
@@ -300,14 +209,14 @@ void mb_ssu(void* state, int dtype, const int64_t* k_in, const void* src_slot,
         } else if (dtype == 1) {
             typedef uint16_t T_; T_* base = (T_*)state;
             if (SSU_V512_OK) SSU_V512_HEAD(bf16)
-            else SSU_DISPATCH(bf16_to_f, f_to_bf16)
+            else SSU_DISPATCH(mb_bf16_to_f32, mb_f32_to_bf16)
         } else if (SSU_V512_OK) {
-            typedef _Float16 T_; T_* base = (T_*)state;
+            typedef mb_half T_; T_* base = (T_*)state;
             SSU_V512_HEAD(f16)
         } else {
-            typedef _Float16 T_; T_* base = (T_*)state;
+            typedef mb_half T_; T_* base = (T_*)state;
             SSU_DISPATCH(F16L, F16S)
         }
     }
+    return MB_OK;
 }
-"""

@@ -1,0 +1,67 @@
+/* AVX-512 forms of the shared helpers (included by mb_common.h when __AVX512F__ is defined;
+   mb_vf is then 16 lanes, the same register as __m512). Kernels use these in their
+   `#ifdef MB_V512` blocks; every other target takes the portable code. */
+#ifndef MB_AVX512_H
+#define MB_AVX512_H
+
+#define MB_V512 1
+
+static inline __m512 vexp(__m512 x) { return (__m512)mb_vexp((mb_vf)x); }
+static inline __m512 vrcp(__m512 x) { return (__m512)mb_vrcp((mb_vf)x); }
+
+/* 16 state elements of each storage dtype to and from fp32 */
+static inline __m512 ld16_f32(const void* p) { return _mm512_loadu_ps((const float*)p); }
+static inline void st16_f32(void* p, __m512 v) { _mm512_storeu_ps((float*)p, v); }
+static inline __m512 ld16_bf16(const void* p) { return (__m512)mb_vload(p, MB_BF16); }
+static inline void st16_bf16(void* p, __m512 v) { mb_vstore_bf16(p, (mb_vf)v); }
+static inline __m512 ld16_f16(const void* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+}
+static inline void st16_f16(void* p, __m512 v) {
+    _mm256_storeu_si256((__m256i*)p,
+                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+/* 2^t: t = n + r with n integer and |r| <= 1/2, 2^r by a degree-5 minimax polynomial
+   (relative error 2.4e-7 in fp32), 2^n by scalef. Valid for finite |t| < 2^100 (for
+   |t| >= 2^23, r = 0 and scalef saturates to 0 or inf); vexp2 clamps t below at -126. */
+static inline __m512 vexp2_nc(__m512 t) {
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.327647129073739e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.675540961325169e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550713092088699e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022120237350464e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931469440460205e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0000001192092896f));
+    return _mm512_scalef_ps(p, n);
+}
+static inline __m512 vexp2(__m512 t) { return vexp2_nc(_mm512_max_ps(t, _mm512_set1_ps(-126.0f))); }
+
+/* y * silu(z) = y * z / (1 + exp(-z)); exp(-z) is capped at 2^100 so that 1/(1 + e) stays
+   finite (the gate is then below 1e-30 anyway). */
+static inline __m512 vgate(__m512 y, __m512 z) {
+    const __m512 t = _mm512_min_ps(_mm512_mul_ps(z, _mm512_set1_ps(-MB_LOG2E)),
+                                   _mm512_set1_ps(100.0f));
+    return _mm512_mul_ps(_mm512_mul_ps(y, z),
+                         vrcp(_mm512_add_ps(_mm512_set1_ps(1.0f), vexp2(t))));
+}
+
+/* mb_softplus on 16 lanes: max(x, 0) + log1p(e^-|x|) by the series of mb_log1p_exp. Above
+   the threshold (20) the series term is below 2.1e-9, under half an ulp of x, so the sum is x
+   exactly, as the thresholded form gives. */
+static inline __m512 vsoftplus(__m512 x) {
+    const __m512 ax = _mm512_abs_ps(x);
+    const __m512 y = vexp2(_mm512_mul_ps(ax, _mm512_set1_ps(-MB_LOG2E)));
+    const __m512 r = _mm512_mul_ps(y, vrcp(_mm512_add_ps(y, _mm512_set1_ps(2.0f))));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    __m512 p = _mm512_set1_ps(1.0f / 11.0f);
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 9.0f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 7.0f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 5.0f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 3.0f));
+    p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f));
+    return _mm512_fmadd_ps(_mm512_add_ps(r, r), p, _mm512_max_ps(x, _mm512_setzero_ps()));
+}
+
+#endif /* MB_AVX512_H */

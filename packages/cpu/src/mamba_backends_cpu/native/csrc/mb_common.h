@@ -1,0 +1,301 @@
+/* Helpers shared by every kernel, each written once: storage dtypes (fp32 / bf16 / fp16) to
+   and from fp32, the exp family, softplus, and a portable vector type whose width follows
+   the instruction set the compiler targets.
+
+   Plain C11 (GNU vector extensions) + OpenMP, no PyTorch headers. ISA-specific forms of these
+   helpers live in isa/ and are included at the end, guarded by the compiler's feature macros
+   (__AVX512F__, ...): a build for a CPU without them never sees their vector types. */
+#ifndef MB_COMMON_H
+#define MB_COMMON_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "mb_args.h"
+
+/* Storage dtype codes, as the Python side passes them. */
+#define MB_F32 0
+#define MB_BF16 1
+#define MB_F16 2
+
+typedef _Float16 mb_half;
+
+/* a helper called from many places: one out-of-line copy per translation unit (inlining it
+   everywhere multiplies the compile time and buys nothing measurable) */
+#define MB_OUTLINE static __attribute__((unused))
+
+static inline int64_t mb_esize(int dt) { return dt == MB_F32 ? 4 : 2; }
+
+/* ------------------------------------------------------------------ scalar conversions */
+static inline float mb_bf16_to_f32(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* fp32 -> bf16, round to nearest, ties to even; a NaN stays a (quiet) NaN, it never rounds
+   into inf. */
+static inline uint16_t mb_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t quiet = (u >> 16) | 0x40u;
+    return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u) ? quiet : rounded);
+}
+
+/* element i of a dtype-coded array, as fp32 */
+static inline float mb_ld(const void* p, int dt, int64_t i) {
+    if (dt == MB_F32) return ((const float*)p)[i];
+    if (dt == MB_BF16) return mb_bf16_to_f32(((const uint16_t*)p)[i]);
+    return (float)((const mb_half*)p)[i];
+}
+
+static inline void mb_st(void* p, int dt, int64_t i, float v) {
+    if (dt == MB_F32) ((float*)p)[i] = v;
+    else if (dt == MB_BF16) ((uint16_t*)p)[i] = mb_f32_to_bf16(v);
+    else ((mb_half*)p)[i] = (mb_half)v;
+}
+
+/* pointer to element i of a dtype-coded array (const-ness is the caller's, as strchr) */
+static inline char* mb_elem(const void* p, int dt, int64_t i) {
+    return (char*)p + i * mb_esize(dt);
+}
+
+/* d[i] = p[i * s] as fp32, i < n */
+MB_OUTLINE void mb_load_n(const void* p, int dt, int64_t s, int64_t n, float* restrict d) {
+    if (dt == MB_F32) {
+        const float* q = (const float*)p;
+        if (s == 1) {
+            memcpy(d, q, (size_t)n * sizeof(float));
+        } else {
+            for (int64_t i = 0; i < n; ++i) d[i] = q[i * s];
+        }
+    } else if (dt == MB_BF16) {
+        const uint16_t* q = (const uint16_t*)p;
+        if (s == 1) {
+            #pragma omp simd
+            for (int64_t i = 0; i < n; ++i) d[i] = mb_bf16_to_f32(q[i]);
+        } else {
+            for (int64_t i = 0; i < n; ++i) d[i] = mb_bf16_to_f32(q[i * s]);
+        }
+    } else {
+        const mb_half* q = (const mb_half*)p;
+        if (s == 1) {
+            #pragma omp simd
+            for (int64_t i = 0; i < n; ++i) d[i] = (float)q[i];
+        } else {
+            for (int64_t i = 0; i < n; ++i) d[i] = (float)q[i * s];
+        }
+    }
+}
+
+/* p[i * s] = v[i] in dtype dt, i < n */
+MB_OUTLINE void mb_store_n(void* p, int dt, int64_t s, int64_t n, const float* restrict v) {
+    if (dt == MB_F32) {
+        float* q = (float*)p;
+        if (s == 1) {
+            memcpy(q, v, (size_t)n * sizeof(float));
+        } else {
+            for (int64_t i = 0; i < n; ++i) q[i * s] = v[i];
+        }
+    } else if (dt == MB_BF16) {
+        uint16_t* q = (uint16_t*)p;
+        if (s == 1) {
+            #pragma omp simd
+            for (int64_t i = 0; i < n; ++i) q[i] = mb_f32_to_bf16(v[i]);
+        } else {
+            for (int64_t i = 0; i < n; ++i) q[i * s] = mb_f32_to_bf16(v[i]);
+        }
+    } else {
+        mb_half* q = (mb_half*)p;
+        if (s == 1) {
+            #pragma omp simd
+            for (int64_t i = 0; i < n; ++i) q[i] = (mb_half)v[i];
+        } else {
+            for (int64_t i = 0; i < n; ++i) q[i * s] = (mb_half)v[i];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ the exp family */
+/* Cody-Waite range reduction x = n ln2 + r (two-part ln2), a degree-6 polynomial of e^r on
+   |r| <= ln2/2 (relative error ~2e-7), 2^n built in the exponent. Inputs are clamped to
+   [-87, 88], so the result is a normal float; NaN stays NaN. Branch-free: loops vectorise
+   (fminf/fmaxf would stay libm calls without -ffast-math). */
+#define MB_LOG2E 1.44269504088896341f
+#define MB_LN2_HI 0.693145751953125f
+#define MB_LN2_LO 1.42860682030941723212e-6f
+#define MB_EXP_P0 1.9875691500E-4f
+#define MB_EXP_P1 1.3981999507E-3f
+#define MB_EXP_P2 8.3334519073E-3f
+#define MB_EXP_P3 4.1665795894E-2f
+#define MB_EXP_P4 1.6666665459E-1f
+#define MB_EXP_P5 5.0000001201E-1f
+
+static inline float mb_exp(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float n = (x * MB_LOG2E + 12582912.0f) - 12582912.0f; /* nearest, |n| < 2^22 */
+    const float r = x - n * MB_LN2_HI - n * MB_LN2_LO;
+    float p = MB_EXP_P0;
+    p = p * r + MB_EXP_P1;
+    p = p * r + MB_EXP_P2;
+    p = p * r + MB_EXP_P3;
+    p = p * r + MB_EXP_P4;
+    p = p * r + MB_EXP_P5;
+    p = p * r * r + r + 1.0f;
+    const int32_t e = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &e, sizeof s);
+    return p * s;
+}
+
+/* log(1 + e^y) = max(y, 0) + log1p(e^-|y|), log1p(u) = 2 atanh(u / (2 + u)) by its odd series
+   (u in (0, 1], so the ratio is at most 1/3: error below 1e-7). Branch-free. */
+static inline float mb_log1p_exp(float y) {
+    const float ay = y < 0.0f ? -y : y;
+    const float u = mb_exp(-ay);
+    const float r = u / (2.0f + u), r2 = r * r;
+    float p = 1.0f / 11.0f;
+    p = p * r2 + 1.0f / 9.0f;
+    p = p * r2 + 1.0f / 7.0f;
+    p = p * r2 + 1.0f / 5.0f;
+    p = p * r2 + 1.0f / 3.0f;
+    p = p * r2 + 1.0f;
+    return (y > 0.0f ? y : 0.0f) + 2.0f * r * p;
+}
+
+/* The spec's softplus (torch.nn.functional.softplus): log(1 + e^(beta x)) / beta, and x
+   itself where beta x > threshold. */
+#define MB_SOFTPLUS_THRESHOLD 20.0f
+static inline float mb_softplus_beta(float x, float beta, float threshold) {
+    const float bx = beta * x;
+    return bx > threshold ? x : mb_log1p_exp(bx) / beta;
+}
+
+/* softplus with beta = 1, threshold = 20 (the defaults the ops use) */
+static inline float mb_softplus(float x) {
+    return x > MB_SOFTPLUS_THRESHOLD ? x : mb_log1p_exp(x);
+}
+
+/* x * sigmoid(x) */
+static inline float mb_silu(float x) { return x / (1.0f + mb_exp(-x)); }
+
+/* ------------------------------------------------------------------ portable vectors */
+/* MB_VL fp32 lanes: the target's native register width, so that no vector type wider than
+   the target's registers ever crosses a function boundary (that changes the ABI). */
+#if defined(__AVX512F__)
+#define MB_VL 16
+#elif defined(__AVX__)
+#define MB_VL 8
+#else
+#define MB_VL 4
+#endif
+
+typedef float mb_vf __attribute__((vector_size(4 * MB_VL)));
+typedef float mb_vfu __attribute__((vector_size(4 * MB_VL), aligned(4))); /* unaligned */
+typedef int32_t mb_vi __attribute__((vector_size(4 * MB_VL)));
+typedef uint32_t mb_vu __attribute__((vector_size(4 * MB_VL)));
+typedef uint16_t mb_vh __attribute__((vector_size(2 * MB_VL)));
+
+#define MB_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+static inline float mb_vsum(mb_vf x) {
+    float s = 0.0f;
+    for (int i = 0; i < MB_VL; ++i) s += x[i];
+    return s;
+}
+
+#if defined(__AVX512F__)
+MB_ALWAYS_INLINE mb_vf mb_vclamp(mb_vf v, float lo, float hi) {
+    return (mb_vf)_mm512_min_ps(_mm512_max_ps((__m512)v, _mm512_set1_ps(lo)),
+                                _mm512_set1_ps(hi));
+}
+/* 1 / d for finite d > 0: 14-bit estimate and one Newton step (relative error ~1e-8) */
+MB_ALWAYS_INLINE mb_vf mb_vrcp(mb_vf d) {
+    const mb_vf r = (mb_vf)_mm512_rcp14_ps((__m512)d);
+    return r * (2.0f - d * r);
+}
+#else
+MB_ALWAYS_INLINE mb_vf mb_vclamp(mb_vf v, float lo, float hi) {
+    mb_vi bits = (mb_vi)v;
+    const mb_vi below = v < lo, above = v > hi;
+    const mb_vi vlo = (mb_vi)((mb_vf){0} + lo), vhi = (mb_vi)((mb_vf){0} + hi);
+    bits = (bits & ~below) | (vlo & below);
+    bits = (bits & ~above) | (vhi & above);
+    return (mb_vf)bits;
+}
+MB_ALWAYS_INLINE mb_vf mb_vrcp(mb_vf d) { return 1.0f / d; }
+#endif
+
+/* mb_exp on MB_VL lanes (same reduction, polynomial and clamp) */
+MB_ALWAYS_INLINE mb_vf mb_vexp(mb_vf x) {
+    x = mb_vclamp(x, -87.0f, 88.0f);
+#if defined(__AVX512F__)
+    const mb_vf n = (mb_vf)_mm512_roundscale_ps((__m512)(x * MB_LOG2E),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    const mb_vf n = (x * MB_LOG2E + 12582912.0f) - 12582912.0f;
+#endif
+    const mb_vf r = x - n * MB_LN2_HI - n * MB_LN2_LO;
+    mb_vf p = r * MB_EXP_P0 + MB_EXP_P1;
+    p = p * r + MB_EXP_P2;
+    p = p * r + MB_EXP_P3;
+    p = p * r + MB_EXP_P4;
+    p = p * r + MB_EXP_P5;
+    p = p * r * r + r + 1.0f;
+#if defined(__AVX512F__)
+    return (mb_vf)_mm512_scalef_ps((__m512)p, (__m512)n); /* p * 2^n */
+#else
+    const mb_vi e = (__builtin_convertvector(n, mb_vi) + 127) << 23;
+    return p * (mb_vf)e;
+#endif
+}
+
+/* MB_VL fp32 (dt 0) or bf16 (dt 1) values from p */
+MB_ALWAYS_INLINE mb_vf mb_vload(const void* p, const int dt) {
+    mb_vf v;
+    if (dt == MB_F32) {
+        memcpy(&v, p, sizeof v);
+    } else {
+        mb_vh h;
+        memcpy(&h, p, sizeof h);
+        const mb_vu u = __builtin_convertvector(h, mb_vu) << 16;
+        memcpy(&v, &u, sizeof v);
+    }
+    return v;
+}
+
+/* mb_f32_to_bf16 on MB_VL lanes (nearest-even, NaN stays NaN) */
+MB_ALWAYS_INLINE void mb_vstore_bf16(void* p, mb_vf v) {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+    const __m256bh hb = _mm512_cvtneps_pbh((__m512)v);
+    memcpy(p, &hb, sizeof hb);
+#else
+    mb_vu u;
+    memcpy(&u, &v, sizeof u);
+    const mb_vu nan = (mb_vu)((u & 0x7fffffffu) > 0x7f800000u);
+    const mb_vu r = ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16 & ~nan) | (((u >> 16) | 0x40u) & nan);
+    const mb_vh h = __builtin_convertvector(r, mb_vh);
+    memcpy(p, &h, sizeof h);
+#endif
+}
+
+MB_ALWAYS_INLINE void mb_vstore(void* p, const int dt, mb_vf v) {
+    if (dt == MB_F32) memcpy(p, &v, sizeof v);
+    else mb_vstore_bf16(p, v);
+}
+
+#if defined(__AVX512F__)
+#include "isa/mb_avx512.h"
+#endif
+
+#endif /* MB_COMMON_H */

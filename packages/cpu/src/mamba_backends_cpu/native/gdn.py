@@ -1,0 +1,175 @@
+"""Fused C kernels for gated delta net (``csrc/gdn.c``), loaded with ctypes.
+
+Built on first use by :mod:`._build`; when that fails or is disabled, :func:`available` is
+False and the ops keep their PyTorch paths. fp32 / bf16 / fp16 tensors are read in place
+through their strides (unit stride on the feature axis of ``q``, ``k``, ``v`` and the output);
+all math is fp32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from mamba_backends.reference.gdn import L2NORM_EPS
+from mamba_backends_cpu.native import _build
+
+#: Decode (rows kernel) when no sequence has more tokens than this; else the tile kernel.
+ROWS_MAX_TOKENS = 8
+#: Tokens the tile kernel prepares per block (a per-CPU tunable).
+TOKEN_BLOCK = 32
+
+DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+assert L2NORM_EPS == 1e-6  # hard-coded in the C source
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+
+
+class MbGdnArgs(ctypes.Structure):
+    """Mirror of ``MbGdnArgs`` in ``csrc/mb_args.h``."""
+
+    _fields_ = [
+        *((n, _P) for n in ("q", "k", "v", "g", "beta", "o", "state_in", "state_out")),
+        ("seq", _P),
+        ("dst2d", _P),
+        *((n, _I) for n in ("N", "H", "HV", "K", "V", "l2norm", "dst_mode", "ncol")),
+        *((n, _I) for n in ("dq", "dk", "dv", "dg", "dbeta", "dout", "dstate_in")),
+        ("dstate_out", _I),
+        *((n, _I * 2) for n in ("sq", "sk", "sv", "sg")),
+        ("sbeta", _I * 3),
+        ("so", _I * 2),
+        ("sstate_in", _I * 4),
+        ("sstate_out", _I * 4),
+        ("nthreads", _I),
+        ("token_block", _I),
+        ("scale", _F),
+    ]
+
+
+class MbGatingArgs(ctypes.Structure):
+    """Mirror of ``MbGatingArgs`` in ``csrc/mb_args.h``."""
+
+    _fields_ = [
+        *((n, _P) for n in ("A_log", "a", "b", "dt_bias", "g", "beta_out")),
+        *((n, _I) for n in ("T", "HV", "dA", "da", "db", "dd")),
+        ("sa", _I * 2),
+        ("sb", _I * 2),
+        ("sdt_bias", _I),
+        ("sA_log", _I),
+        ("beta", _F),
+        ("threshold", _F),
+    ]
+
+
+LIBRARY = _build.register(
+    _build.Library(
+        name="gdn",
+        sources=("gdn.c", "abi.c"),
+        kernels={
+            "mb_gdn_rows": MbGdnArgs,
+            "mb_gdn_tiles": MbGdnArgs,
+            "mb_gdn_gating": MbGatingArgs,
+        },
+    )
+)
+
+
+def _lib() -> ctypes.CDLL | None:
+    return _build.load(LIBRARY)
+
+
+def available() -> bool:
+    """Whether the native GDN kernels are built and enabled (builds them on first call)."""
+    return _lib() is not None
+
+
+def supported(*tensors: Tensor | None) -> bool:
+    """Whether every given tensor is a CPU tensor of a dtype the kernels read."""
+    return all(t is None or (t.dtype in DTYPE_CODE and t.device.type == "cpu") for t in tensors)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _code(t: Tensor | None) -> int:
+    return 0 if t is None else DTYPE_CODE[t.dtype]
+
+
+def _unit_last(x: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """``x`` as ``[tokens, heads, F]`` with a unit stride on ``F`` (a view when possible)."""
+    x = x.reshape(shape)
+    return x if x.stride(-1) == 1 or shape[-1] == 1 else x.contiguous()
+
+
+def gating(
+    A_log: Tensor, a: Tensor, b: Tensor, dt_bias: Tensor, beta: float, threshold: float
+) -> tuple[Tensor, Tensor]:
+    """Fused GDN gating: ``A_log, dt_bias [HV]``, ``a, b [T, HV]``; returns ``g: [1, T, HV]``
+    fp32 and ``beta: [1, T, HV]`` in ``b.dtype``."""
+    lib = _lib()
+    assert lib is not None
+    T, HV = a.shape
+    g = torch.empty(1, T, HV, dtype=torch.float32)
+    bo = torch.empty(1, T, HV, dtype=b.dtype)
+    args = MbGatingArgs(
+        _ptr(A_log), _ptr(a), _ptr(b), _ptr(dt_bias), _ptr(g), _ptr(bo), T, HV,
+        _code(A_log), _code(a), _code(b), _code(dt_bias), a.stride(), b.stride(),
+        dt_bias.stride(0), A_log.stride(0), float(beta), float(threshold),
+    )  # fmt: skip
+    _build.call(lib.mb_gdn_gating, args)
+    return g, bo
+
+
+def delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor | None,
+    o: Tensor,
+    scale: float,
+    l2norm: bool,
+    seq: Tensor,
+    state_in: Tensor | None,
+    state_out: Tensor | None,
+    dst_mode: int,
+    dst2d: Tensor | None,
+    max_len: int,
+) -> None:
+    """Run the delta-rule recurrence for every sequence, in one fused pass.
+
+    ``q, k: [BT, H, K]``; ``v: [BT, HV, V]``; ``g: [B, T, HV]``; ``beta: [B, T, HV]`` or
+    ``[B, T, HV, V]`` or None (ones); ``o: [BT, HV, V]`` written (unit stride on ``V``);
+    ``state_in``/``state_out``: ``[slots, HV, V, K]`` any strides (may be the same tensor);
+    ``seq: [N, 4]`` int64 rows (first token, count, source slot, destination slot), see
+    ``csrc/gdn.c`` for ``dst_mode`` and ``dst2d: [N, ncol]`` int64. The tile kernel runs when
+    ``max_len`` exceeds :data:`ROWS_MAX_TOKENS`, the rows kernel otherwise.
+    """
+    lib = _lib()
+    assert lib is not None
+    BT, H, K = q.shape
+    HV, V = v.shape[1], v.shape[2]
+    q = _unit_last(q, (BT, H, K))
+    k = _unit_last(k, (BT, H, K))
+    v = _unit_last(v, (BT, HV, V))
+    assert o.stride(-1) == 1 or V == 1
+    g2 = g.reshape(BT, HV)
+    b3 = None if beta is None else beta.reshape(BT, HV, V if beta.dim() == 4 else 1)
+    b_st = (0, 0, 0) if b3 is None else (*b3.stride()[:2], b3.stride(2) if b3.shape[2] > 1 else 0)
+    args = MbGdnArgs(
+        _ptr(q), _ptr(k), _ptr(v), _ptr(g2), _ptr(b3), _ptr(o), _ptr(state_in),
+        _ptr(state_out), _ptr(seq), _ptr(dst2d),
+        seq.shape[0], H, HV, K, V, int(l2norm), dst_mode,
+        0 if dst2d is None else dst2d.shape[1],
+        _code(q), _code(k), _code(v), _code(g2), _code(b3), _code(o), _code(state_in),
+        _code(state_out), q.stride()[:2], k.stride()[:2], v.stride()[:2], g2.stride(), b_st,
+        o.stride()[:2], (0,) * 4 if state_in is None else state_in.stride(),
+        (0,) * 4 if state_out is None else state_out.stride(), torch.get_num_threads(),
+        TOKEN_BLOCK, float(scale),
+    )  # fmt: skip
+    fn = lib.mb_gdn_tiles if max_len > ROWS_MAX_TOKENS else lib.mb_gdn_rows
+    _build.call(fn, args)
