@@ -1,0 +1,150 @@
+"""The CPU tuning tables: registered, valid, found for the bench shapes, and read by the ops."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mamba_backends import tuning
+from mamba_backends.bench.cases import CASES, DTYPES, CaseSpec
+from mamba_backends.bench.inputs import BUILDERS
+from mamba_backends.tuning import TuningError, clear_tuning_cache, configs
+from mamba_backends_cpu.ops import gdn, lightning, selective_scan, ssd
+from mamba_backends_cpu.tuning import FIELDS
+
+
+def _cdt(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+#: op -> the config the op reads at a bench row's shape (through the op module's own keys).
+CONFIG_AT: dict[str, Callable[[dict[str, Any], torch.dtype], Any]] = {
+    "chunk_gated_delta_rule": lambda p, dt: gdn._prefill_config(dt, p["K"], p["V"]),
+    "fused_recurrent_gated_delta_rule": lambda p, dt: gdn._decode_block_bytes(dt, p["K"], p["V"]),
+    "lightning_attention": lambda p, dt: lightning._prefill_config(
+        dt, p["D"], p["D"], p.get("block", 256)
+    ),
+    "linear_decode_forward": lambda p, dt: lightning._decode_block_bytes(dt, p["D"]),
+    "selective_scan_fn": lambda p, dt: selective_scan._block_lengths(_cdt(dt), p["N"]),
+    "mamba_chunk_scan_combined_varlen": lambda p, dt: ssd._block_len(
+        _cdt(dt), p["P"], p["N"], p["chunk"]
+    ),
+}
+
+BENCH_ROWS = [c for size in ("full", "quick") for c in CASES["cpu"][size] if c.op in CONFIG_AT]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tables(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(tuning.ENV_DIR, raising=False)
+    clear_tuning_cache()
+    yield
+    clear_tuning_cache()
+
+
+def test_tables_are_registered_and_valid() -> None:
+    eps = [ep for ep in md.entry_points(group=tuning.GROUP) if ep.name == "cpu"]
+    assert [ep.value for ep in eps] == ["mamba_backends_cpu.tuning"]
+    folder = resources.files("mamba_backends_cpu.tuning")
+    files = sorted(f.name for f in folder.iterdir() if f.name.endswith(".json"))
+    assert files == sorted(f"{op}.json" for op in FIELDS)
+    assert set(FIELDS) == set(CONFIG_AT) == set(ALTERNATIVE)
+    for op in FIELDS:
+        cfgs = configs(op, "cpu")  # reads and validates the file
+        assert cfgs and all(device == "cpu" for device, _ in cfgs)
+        assert all(set(FIELDS[op]) <= set(cfg) for _, cfg in cfgs)
+
+
+def test_defaults_are_the_former_constants() -> None:
+    """Moving the constants into tables did not change them (64-token chunks, bf16 GEMMs,
+    4 MiB decode blocks, the scan's halving block lengths, 64-token SSD blocks)."""
+    bf16 = torch.bfloat16
+    assert gdn._prefill_config(bf16, 128, 128) == {"chunk_size": 64, "bf16_gemms": True}
+    assert gdn._decode_block_bytes(bf16, 128, 128) == 4 << 20
+    assert lightning._prefill_config(bf16, 128, 128, 256) == {"chunk_size": 64, "bf16_gemms": True}
+    assert lightning._decode_block_bytes(bf16, 128) == 4 << 20
+    assert selective_scan._block_lengths(torch.float32, 16) == [64, 32, 16, 8, 4, 2, 1]
+    assert ssd._block_len(torch.float32, 64, 128, 256) == 64
+
+
+@pytest.mark.parametrize("case", BENCH_ROWS, ids=lambda c: f"{c.op}-{c.dtype}-{c.model or 'quick'}")
+def test_config_found_for_bench_shapes(case: CaseSpec) -> None:
+    assert CONFIG_AT[case.op](case.params, DTYPES[case.dtype])
+
+
+#: op -> (quick bench row params, a valid non-default config that must give the same result)
+ALTERNATIVE: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "chunk_gated_delta_rule": (
+        {"H": 1, "HV": 2, "K": 16, "V": 16, "seqlens": (70, 33)},
+        {"chunk_size": 16, "bf16_gemms": True},
+    ),
+    "fused_recurrent_gated_delta_rule": (
+        {"H": 1, "HV": 2, "K": 16, "V": 16, "batch": 5},
+        {"decode_block_bytes": 1},
+    ),
+    "lightning_attention": (
+        {"B": 1, "H": 2, "D": 16, "T": 100, "block": 64},
+        {"chunk_size": 16, "bf16_gemms": True},
+    ),
+    "linear_decode_forward": ({"H": 2, "D": 16, "batch": 5}, {"decode_block_bytes": 1}),
+    "selective_scan_fn": ({"dim": 16, "N": 8, "seqlens": (40, 9)}, {"block_lengths": [4, 2]}),
+    "mamba_chunk_scan_combined_varlen": (
+        {"H": 2, "P": 8, "N": 8, "G": 1, "chunk": 32, "seqlens": (70, 9)},
+        {"block": 8},
+    ),
+}
+
+OPS = {
+    "chunk_gated_delta_rule": gdn.chunk_gated_delta_rule,
+    "fused_recurrent_gated_delta_rule": gdn.fused_recurrent_gated_delta_rule,
+    "lightning_attention": lightning.lightning_attention,
+    "linear_decode_forward": lightning.linear_decode_forward,
+    "selective_scan_fn": selective_scan.selective_scan_fn,
+    "mamba_chunk_scan_combined_varlen": ssd.mamba_chunk_scan_combined_varlen,
+}
+
+
+def _run(op: str) -> list[torch.Tensor]:
+    """``op`` at its small shape, fp32: every tensor it returns or writes."""
+    inputs = BUILDERS[op](ALTERNATIVE[op][0], torch.float32, torch.device("cpu"))
+    args = {k: v for k, v in inputs.args.items() if not k.startswith("_")}
+    result = OPS[op](**args)
+    results = list(result) if isinstance(result, (tuple, list)) else [result]
+    written = [v for v in args.values() if isinstance(v, torch.Tensor)]
+    return [t.clone() for t in results + written if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("op", sorted(ALTERNATIVE))
+def test_ops_read_their_table(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PyTorch path takes its config from the lookup: a broken one is refused by name, and
+    another valid one gives the same result."""
+    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "0")
+    with tuning.override(op, {}, device="cpu"):
+        with pytest.raises(TuningError, match=f"{op}.*{next(iter(FIELDS[op]))}"):
+            _run(op)
+    expected = _run(op)
+    with tuning.override(op, ALTERNATIVE[op][1], device="cpu"):
+        actual = _run(op)
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=2e-5, atol=2e-5, equal_nan=True)
+
+
+def test_env_dir_reaches_the_ops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder in MAMBA_BACKENDS_TUNING_DIR wins over the installed table."""
+    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "0")
+    entry = {"device": "cpu", "config": {"chunk_size": 48, "bf16_gemms": True}}
+    text = json.dumps({"op": "chunk_gated_delta_rule", "configs": [entry]})
+    (tmp_path / "chunk_gated_delta_rule.json").write_text(text)
+    monkeypatch.setenv(tuning.ENV_DIR, str(tmp_path))
+    with pytest.raises(TuningError, match="'chunk_size' must be a power of two, got 48"):
+        _run("chunk_gated_delta_rule")
+    monkeypatch.delenv(tuning.ENV_DIR)
+    _run("chunk_gated_delta_rule")
