@@ -76,7 +76,7 @@ def test_grid_covers_the_matrix_invariants_and_odd_sizes(mamba_type: str) -> Non
             assert any(p[0] == dt for p in pairs), (op, dt)
             assert any(p[1] == dt for p in pairs), (op, dt)
         assert any(c.kind == "bad_input" for c in mine), op
-        quick = [c for c in mine if c.quick]
+        quick = [c for c in mine if c.quick and c.kind != "signature"]  # signatures cost nothing
         assert 2 <= len(quick) <= 6, (op, len(quick))
         assert {c.dtype for c in quick} >= {torch.float32, torch.bfloat16}, op
     kinds = {c.kind for c in cases}

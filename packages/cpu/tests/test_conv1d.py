@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mamba_backends.reference import conv1d as spec
-from mamba_backends_cpu.ops import _native_conv
+from mamba_backends_cpu.native import conv as _native_conv
 from mamba_backends_cpu.ops import conv1d as cpu
 
 #: max |error| allowed relative to max |expected|, per dtype of the compared tensor

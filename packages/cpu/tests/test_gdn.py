@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
+from mamba_backends import tuning
 from mamba_backends.reference import gdn as spec
-from mamba_backends_cpu.ops import _native_gdn
+from mamba_backends_cpu.native import gdn as _native_gdn
 from mamba_backends_cpu.ops import gdn as cpu
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -97,14 +98,15 @@ def test_chunk_matches_spec_varlen_gva(
 def test_chunk_bf16_gemm_policy(bf16_gemms: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """bf16 inputs: bf16 GEMM operands (default) stay within bf16 tolerance; with the policy
     off every product is fp32 and the error is the output rounding alone."""
-    monkeypatch.setattr(cpu, "BF16_GEMMS", bf16_gemms)
     monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "0")  # a policy of the PyTorch path
     q, k, v, g, beta = make(150, 2, 4, 32, 16, torch.bfloat16, l2=True, seed=9)
     h0 = torch.randn(1, 4, 16, 32) * 0.5
     kw: dict[str, Any] = dict(
         initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True
     )
-    o1, f1 = cpu.chunk_gated_delta_rule(q, k, v, g, beta, **kw)
+    cfg = {**cpu._prefill_config(torch.bfloat16, 32, 16), "bf16_gemms": bf16_gemms}
+    with tuning.override("chunk_gated_delta_rule", cfg, device="cpu"):
+        o1, f1 = cpu.chunk_gated_delta_rule(q, k, v, g, beta, **kw)
     o2, f2 = spec.chunk_gated_delta_rule(q, k, v, g, beta, **kw)
     assert f1 is not None and f2 is not None
     tol = torch.bfloat16 if bf16_gemms else torch.float16  # fp32 products: ~1 bf16 rounding

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mamba_backends import tuning
 from mamba_backends.reference import lightning as spec
 from mamba_backends_cpu.ops import lightning as cpu
 
@@ -157,12 +158,13 @@ def test_cpu_matches_hf_minimax() -> None:
 
 
 @pytest.mark.parametrize("bf16_gemms", [True, False])
-def test_prefill_bf16_gemm_policy(bf16_gemms: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prefill_bf16_gemm_policy(bf16_gemms: bool) -> None:
     """bf16 inputs: bf16 GEMM operands (default) stay within bf16 tolerance; with the policy
     off every product is fp32 and the error is the output rounding alone."""
-    monkeypatch.setattr(cpu, "BF16_GEMMS", bf16_gemms)
     q, k, v, s = make(1, 2, 200, 32, 16, torch.bfloat16, seed=5)
-    o1, kv1 = cpu.lightning_attention(q, k, v, s, block_size=64)
+    cfg = {**cpu._prefill_config(torch.bfloat16, 32, 16, 64), "bf16_gemms": bf16_gemms}
+    with tuning.override("lightning_attention", cfg, device="cpu"):
+        o1, kv1 = cpu.lightning_attention(q, k, v, s, block_size=64)
     o2, kv2 = spec.lightning_attention(q, k, v, s, block_size=64)
     close(o1, o2, torch.bfloat16 if bf16_gemms else torch.float16)
     close(kv1, kv2, torch.bfloat16 if bf16_gemms else torch.float32)

@@ -7,7 +7,7 @@ import torch
 
 from mamba_backends.reference import selective_scan as spec
 from mamba_backends.reference import state_update as spec_su
-from mamba_backends_cpu.ops import _native
+from mamba_backends_cpu.native import ssm as _native
 from mamba_backends_cpu.ops import selective_scan as cpu
 from mamba_backends_cpu.ops.state_update import selective_state_update
 

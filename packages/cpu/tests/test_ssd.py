@@ -9,7 +9,7 @@ import torch
 
 from mamba_backends.metadata import compute_chunk_metadata
 from mamba_backends.reference import ssd as spec
-from mamba_backends_cpu.ops import _native
+from mamba_backends_cpu.native import ssm as _native
 from mamba_backends_cpu.ops import ssd as cpu
 from mamba_backends_cpu.ops.state_update import selective_state_update
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mamba_backends.reference import state_update as spec
-from mamba_backends_cpu.ops import _native
+from mamba_backends_cpu.native import ssm as _native
 from mamba_backends_cpu.ops import state_update as cpu
 
 #: max |error| allowed relative to max |expected|, per dtype of the compared tensor

@@ -67,13 +67,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
-from mamba_backends.validate import (
+from mamba_backends.contract import (
     check_causal_conv1d_fn_args,
     check_causal_conv1d_update_args,
     check_not_supported,
     normalize_activation,
 )
+from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
 
 F64 = torch.float64
 

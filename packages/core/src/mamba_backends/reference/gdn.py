@@ -13,8 +13,11 @@ With ``use_qk_l2norm_in_kernel`` q and k are first divided by ``sqrt(sum(x * x) 
 (the eps of vLLM/fla and HF). ``scale`` defaults to ``K ** -0.5``.
 
 Everything here runs in float64 with plain loops over sequences and tokens. It is the oracle,
-not a kernel. Arguments are checked before any state is written; the checks are public
-(``check_*_args``) so that every backend applies the same rules.
+not a kernel. Arguments are checked by :mod:`mamba_backends.contract.gdn` before any state is
+written, as every backend does.
+
+``cu_seqlens`` may end before ``T`` (a padded tail, as vLLM's CUDA-graph decode batches are):
+the output rows past its end are zero (and so are their rows of the per-token states).
 """
 
 from __future__ import annotations
@@ -22,234 +25,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mamba_backends.validate import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check_offsets,
-    check_slot_indices,
-    check_tensor,
-    check_writable_state,
+from mamba_backends.contract.gdn import (
+    check_chunk_gated_delta_rule_args,
+    check_fused_gdn_gating_args,
+    check_fused_recurrent_gated_delta_rule_args,
 )
 
 #: eps inside the square root of the in-kernel q/k l2 norm (vLLM/fla and HF use 1e-6).
 L2NORM_EPS = 1e-6
 
 _F64 = torch.float64
-
-
-# --------------------------------------------------------------------------------------------
-# Argument checks (shared with the CPU kernels)
-# --------------------------------------------------------------------------------------------
-
-
-def _fail(op: str, name: str, msg: str) -> ValueError:
-    return ValueError(f"{op}: argument '{name}' {msg}")
-
-
-def _check_qkv_g_beta(
-    op: str, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor | None
-) -> tuple[int, int, int, int, int, int]:
-    """Shapes of ``q, k: [B, T, H, K]``, ``v: [B, T, HV, V]``, ``g, beta: [B, T, HV]``."""
-    check_tensor(op, "q", q, ndim=4, dtypes=FLOAT_DTYPES)
-    B, T, H, K = q.shape
-    dev = q.device
-    check_tensor(op, "k", k, shape=(B, T, H, K), dtypes=FLOAT_DTYPES, device=dev)
-    check_tensor(op, "v", v, shape=(B, T, None, None), dtypes=FLOAT_DTYPES, device=dev)
-    HV, V = v.shape[2], v.shape[3]
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(
-            f"{op}: arguments 'q', 'k', 'v' must share one dtype, got "
-            f"{q.dtype}, {k.dtype}, {v.dtype}"
-        )
-    if H < 1 or HV < 1 or HV % H:
-        raise _fail(op, "v", f"has HV={HV} value heads, which must be a multiple of H={H}")
-    if K < 1 or V < 1:
-        raise _fail(op, "q", f"needs K >= 1 and V >= 1, got K={K}, V={V}")
-    check_tensor(op, "g", g, shape=(B, T, HV), dtypes=FLOAT_DTYPES, device=dev)
-    if beta is not None:
-        check_tensor(op, "beta", beta, ndim=(3, 4), dtypes=FLOAT_DTYPES, device=dev)
-        if tuple(beta.shape) not in ((B, T, HV), (B, T, HV, V)):
-            raise _fail(
-                op,
-                "beta",
-                f"must have shape {(B, T, HV)} or {(B, T, HV, V)}, got {tuple(beta.shape)}",
-            )
-    return B, T, H, HV, K, V
-
-
-def _check_scale(op: str, scale: float | None) -> None:
-    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
-        raise _fail(op, "scale", f"must be a positive number or None, got {scale!r}")
-
-
-def _num_sequences(op: str, B: int, T: int, cu_seqlens: Tensor | None, dev: torch.device) -> int:
-    if cu_seqlens is None:
-        return B
-    if B != 1:
-        raise _fail(op, "q", f"must have batch size 1 when cu_seqlens is given, got B={B}")
-    check_tensor(op, "cu_seqlens", cu_seqlens, ndim=1, dtypes=INDEX_DTYPES, device=dev)
-    check_offsets(op, "cu_seqlens", cu_seqlens, T, check_values=True, start_at_zero=True)
-    if int(cu_seqlens[-1]) != T:
-        raise _fail(op, "cu_seqlens", f"must end at T={T}, got {int(cu_seqlens[-1])}")
-    return cu_seqlens.numel() - 1
-
-
-def check_fused_gdn_gating_args(
-    A_log: Tensor, a: Tensor, b: Tensor, dt_bias: Tensor, beta: float, threshold: float
-) -> tuple[int, int]:
-    """``A_log, dt_bias: [HV]``, ``a, b: [T, HV]``; returns ``(T, HV)``."""
-    op = "fused_gdn_gating"
-    check_tensor(op, "a", a, ndim=2, dtypes=FLOAT_DTYPES)
-    T, HV = a.shape
-    check_tensor(op, "b", b, shape=(T, HV), dtypes=FLOAT_DTYPES, device=a.device)
-    check_tensor(op, "A_log", A_log, shape=(HV,), dtypes=FLOAT_DTYPES, device=a.device)
-    check_tensor(op, "dt_bias", dt_bias, shape=(HV,), dtypes=FLOAT_DTYPES, device=a.device)
-    if not (isinstance(beta, (int, float)) and beta > 0):
-        raise _fail(op, "beta", f"(the softplus beta) must be a positive number, got {beta!r}")
-    if not isinstance(threshold, (int, float)):
-        raise _fail(op, "threshold", f"must be a number, got {threshold!r}")
-    return T, HV
-
-
-def check_chunk_gated_delta_rule_args(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor,
-    scale: float | None,
-    initial_state: Tensor | None,
-    cu_seqlens: Tensor | None,
-    core_attn_out: Tensor | None,
-) -> tuple[int, int, int, int, int, int, int]:
-    """Check the chunked prefill's arguments; returns ``(B, T, H, HV, K, V, N)``."""
-    op = "chunk_gated_delta_rule"
-    B, T, H, HV, K, V = _check_qkv_g_beta(op, q, k, v, g, beta)
-    if beta.dim() != 3:
-        raise _fail(op, "beta", f"must have shape [B, T, HV], got {tuple(beta.shape)}")
-    _check_scale(op, scale)
-    N = _num_sequences(op, B, T, cu_seqlens, q.device)
-    if initial_state is not None:
-        check_tensor(
-            op,
-            "initial_state",
-            initial_state,
-            shape=(N, HV, V, K),
-            dtypes=FLOAT_DTYPES,
-            device=q.device,
-        )
-    if core_attn_out is not None:
-        check_tensor(
-            op,
-            "core_attn_out",
-            core_attn_out,
-            shape=(B, T, HV, V),
-            dtypes=FLOAT_DTYPES,
-            device=q.device,
-        )
-        check_writable_state(op, "core_attn_out", core_attn_out)
-    return B, T, H, HV, K, V, N
-
-
-def check_fused_recurrent_gated_delta_rule_args(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor | None,
-    scale: float | None,
-    initial_state: Tensor | None,
-    inplace_final_state: bool,
-    cu_seqlens: Tensor | None,
-    ssm_state_indices: Tensor | None,
-    num_accepted_tokens: Tensor | None,
-) -> tuple[int, int, int, int, int, int, int]:
-    """Check the recurrent op's arguments; returns ``(B, T, H, HV, K, V, N)``."""
-    op = "fused_recurrent_gated_delta_rule"
-    B, T, H, HV, K, V = _check_qkv_g_beta(op, q, k, v, g, beta)
-    _check_scale(op, scale)
-    dev = q.device
-    N = _num_sequences(op, B, T, cu_seqlens, dev)
-    if initial_state is None:
-        if inplace_final_state:
-            raise _fail(op, "initial_state", "is required when inplace_final_state=True")
-        if ssm_state_indices is not None:
-            raise _fail(op, "initial_state", "is required when ssm_state_indices is given")
-    else:
-        check_tensor(op, "initial_state", initial_state, ndim=4, dtypes=FLOAT_DTYPES, device=dev)
-        if tuple(initial_state.shape[1:]) != (HV, V, K):
-            raise _fail(
-                op,
-                "initial_state",
-                f"must have shape [*, {HV}, {V}, {K}] "
-                f"([slots, HV, V, K]), got {tuple(initial_state.shape)}",
-            )
-        if ssm_state_indices is None and initial_state.shape[0] != N:
-            raise _fail(
-                op,
-                "initial_state",
-                f"must hold one state per sequence (N={N}) "
-                f"when ssm_state_indices is None, got {initial_state.shape[0]}",
-            )
-        if inplace_final_state:
-            check_writable_state(op, "initial_state", initial_state)
-    if ssm_state_indices is not None:
-        assert initial_state is not None
-        check_tensor(
-            op, "ssm_state_indices", ssm_state_indices, ndim=(1, 2), dtypes=INDEX_DTYPES, device=dev
-        )
-        if ssm_state_indices.shape[0] != N:
-            raise _fail(
-                op,
-                "ssm_state_indices",
-                f"must have N={N} rows, got {tuple(ssm_state_indices.shape)}",
-            )
-        num_slots = initial_state.shape[0]
-        check_slot_indices(
-            op,
-            "ssm_state_indices",
-            ssm_state_indices,
-            num_slots,
-            pad_slot_id=-1,
-            null_block_id=0,
-            check_values=True,
-            unique=inplace_final_state and ssm_state_indices.dim() == 1,
-        )
-        if ssm_state_indices.dim() == 2:
-            lens = _seq_lens(B, T, cu_seqlens)
-            if inplace_final_state and max(lens, default=0) > ssm_state_indices.shape[1]:
-                raise _fail(
-                    op,
-                    "ssm_state_indices",
-                    f"has {ssm_state_indices.shape[1]} columns "
-                    f"but a sequence has {max(lens)} tokens (one slot per token)",
-                )
-    if num_accepted_tokens is not None:
-        if ssm_state_indices is None or ssm_state_indices.dim() != 2:
-            raise _fail(op, "num_accepted_tokens", "needs 2-D ssm_state_indices [N, slots]")
-        check_tensor(
-            op,
-            "num_accepted_tokens",
-            num_accepted_tokens,
-            shape=(N,),
-            dtypes=INDEX_DTYPES,
-            device=dev,
-        )
-        cols = ssm_state_indices.shape[1]
-        if N and bool(((num_accepted_tokens < 1) | (num_accepted_tokens > cols)).any()):
-            raise _fail(
-                op,
-                "num_accepted_tokens",
-                f"values must lie in [1, {cols}], got {num_accepted_tokens.tolist()}",
-            )
-    return B, T, H, HV, K, V, N
-
-
-def _seq_lens(B: int, T: int, cu_seqlens: Tensor | None) -> list[int]:
-    if cu_seqlens is None:
-        return [T] * B
-    c = cu_seqlens.tolist()
-    return [c[i + 1] - c[i] for i in range(len(c) - 1)]
 
 
 def _bounds(B: int, T: int, cu_seqlens: Tensor | None) -> list[tuple[int, int, int]]:
@@ -343,7 +128,7 @@ def chunk_gated_delta_rule(
     ``output_final_state`` else ``None``.
     """
     B, T, H, HV, K, V, N = check_chunk_gated_delta_rule_args(
-        q, k, v, g, beta, scale, initial_state, cu_seqlens, core_attn_out
+        q, k, v, g, beta, scale, initial_state, cu_seqlens, core_attn_out, check_values=True
     )
     sc = K**-0.5 if scale is None else float(scale)
     group = HV // H
@@ -430,6 +215,7 @@ def fused_recurrent_gated_delta_rule(
         cu_seqlens,
         ssm_state_indices,
         num_accepted_tokens,
+        check_values=True,
     )
     sc = K**-0.5 if scale is None else float(scale)
     group = HV // H

@@ -6,7 +6,7 @@ Per head ``h`` with decay slope ``s_h`` (``ed``/``slope_rate``) and state ``kv: 
     o_t  = q_t @ kv
 
 There is no softmax and no scale. Everything runs in float64 with plain token loops; argument
-checks run before any state is written and are public (``check_*_args``) for the kernels.
+checks (:mod:`mamba_backends.contract.lightning`) run before any state is written.
 """
 
 from __future__ import annotations
@@ -14,89 +14,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mamba_backends.validate import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check_slot_indices,
-    check_tensor,
-    check_writable_state,
+from mamba_backends.contract.lightning import (
+    check_lightning_attention_args,
+    check_linear_decode_forward_args,
 )
 
 _F64 = torch.float64
-
-
-def _fail(op: str, name: str, msg: str) -> ValueError:
-    return ValueError(f"{op}: argument '{name}' {msg}")
-
-
-def check_lightning_attention_args(
-    q: Tensor, k: Tensor, v: Tensor, ed: Tensor, block_size: int, kv_history: Tensor | None
-) -> tuple[int, int, int, int, int]:
-    """``q, k: [b, h, n, d]``, ``v: [b, h, n, e]``, ``ed``: ``h`` slopes (``[h]`` or
-    ``[1, h, 1, 1]``), ``kv_history: [b, h, d, e]``; returns ``(b, h, n, d, e)``."""
-    op = "lightning_attention"
-    check_tensor(op, "q", q, ndim=4, dtypes=FLOAT_DTYPES)
-    b, h, n, d = q.shape
-    dev = q.device
-    check_tensor(op, "k", k, shape=(b, h, n, d), dtypes=FLOAT_DTYPES, device=dev)
-    check_tensor(op, "v", v, shape=(b, h, n, None), dtypes=FLOAT_DTYPES, device=dev)
-    e = v.shape[3]
-    check_tensor(op, "ed", ed, dtypes=FLOAT_DTYPES, device=dev)
-    if ed.numel() != h or ed.dim() not in (1, 4):
-        raise _fail(
-            op,
-            "ed",
-            f"must hold one slope per head ([{h}] or [1, {h}, 1, 1]), got shape {tuple(ed.shape)}",
-        )
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise _fail(op, "block_size", f"must be a positive int, got {block_size!r}")
-    if kv_history is not None:
-        check_tensor(
-            op, "kv_history", kv_history, shape=(b, h, d, e), dtypes=FLOAT_DTYPES, device=dev
-        )
-    return b, h, n, d, e
-
-
-def check_linear_decode_forward_args(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    kv_caches: Tensor,
-    slope_rate: Tensor,
-    slot_idx: Tensor,
-    BLOCK_SIZE: int,
-) -> tuple[int, int, int]:
-    """``q, k, v: [B, H, 1, D]``, ``kv_caches: [slots, H, D, D]``, ``slope_rate: [H]``,
-    ``slot_idx: [B]``; returns ``(B, H, D)``."""
-    op = "linear_decode_forward"
-    check_tensor(op, "q", q, ndim=4, dtypes=FLOAT_DTYPES)
-    B, H, one, D = q.shape
-    if one != 1:
-        raise _fail(op, "q", f"must have shape [B, H, 1, D], got {tuple(q.shape)}")
-    dev = q.device
-    check_tensor(op, "k", k, shape=(B, H, 1, D), dtypes=FLOAT_DTYPES, device=dev)
-    check_tensor(op, "v", v, shape=(B, H, 1, D), dtypes=FLOAT_DTYPES, device=dev)
-    check_tensor(op, "kv_caches", kv_caches, shape=(None, H, D, D), dtypes=FLOAT_DTYPES, device=dev)
-    check_writable_state(op, "kv_caches", kv_caches)
-    check_tensor(op, "slope_rate", slope_rate, dtypes=FLOAT_DTYPES, device=dev)
-    if slope_rate.numel() != H:
-        raise _fail(
-            op, "slope_rate", f"must hold H={H} slopes, got shape {tuple(slope_rate.shape)}"
-        )
-    check_tensor(op, "slot_idx", slot_idx, shape=(B,), dtypes=INDEX_DTYPES, device=dev)
-    check_slot_indices(
-        op,
-        "slot_idx",
-        slot_idx,
-        kv_caches.shape[0],
-        pad_slot_id=-1,
-        null_block_id=0,
-        check_values=True,
-        unique=True,
-    )
-    if not isinstance(BLOCK_SIZE, int) or isinstance(BLOCK_SIZE, bool) or BLOCK_SIZE < 1:
-        raise _fail(op, "BLOCK_SIZE", f"must be a positive int, got {BLOCK_SIZE!r}")
-    return B, H, D
 
 
 def lightning_attention(
@@ -158,7 +81,9 @@ def linear_decode_forward(
     output row is zero and no cache is written (vLLM skips -1; slot 0 is vLLM's null block,
     never handed to a request). Returns ``[B, H * D]`` in ``q.dtype``.
     """
-    B, H, D = check_linear_decode_forward_args(q, k, v, kv_caches, slope_rate, slot_idx, BLOCK_SIZE)
+    B, H, D = check_linear_decode_forward_args(
+        q, k, v, kv_caches, slope_rate, slot_idx, BLOCK_SIZE, check_values=True
+    )
     decay = torch.exp(-slope_rate.reshape(H).to("cpu", _F64))[:, None, None]  # [H, 1, 1]
     o = torch.zeros(B, H, D, dtype=_F64)
     for i in range(B):

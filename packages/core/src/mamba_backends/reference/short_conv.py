@@ -33,42 +33,39 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from mamba_backends.reference.conv1d import causal_conv1d_fn, causal_conv1d_update
-from mamba_backends.types import NULL_BLOCK_ID
-from mamba_backends.validate import (
+from mamba_backends.contract import (
+    ContractError,
     check_causal_conv1d_fn_args,
     check_causal_conv1d_update_args,
     check_tensor,
 )
+from mamba_backends.reference.conv1d import causal_conv1d_fn, causal_conv1d_update
+from mamba_backends.types import NULL_BLOCK_ID
 
 F64 = torch.float64
 
+#: conv op/argument names -> this op's (errors name what the caller passed).
 _PREFILL_NAMES = {
     "causal_conv1d_fn": "short_conv_mixer (prefill)",
-    "'x'": "'x' (B*x)",
-    "'conv_states'": "'conv_state'",
-    "'cache_indices'": "'state_indices_p'",
-    "'has_initial_state'": "'has_initial_states_p'",
-    "'query_start_loc'": "'query_start_loc_p'",
+    "conv_states": "conv_state",
+    "cache_indices": "state_indices_p",
+    "has_initial_state": "has_initial_states_p",
+    "query_start_loc": "query_start_loc_p",
 }
 _DECODE_NAMES = {
     "causal_conv1d_update": "short_conv_mixer (decode)",
-    "'x'": "'x' (B*x)",
-    "'conv_state_indices'": "'state_indices_d'",
-    "'query_start_loc'": "'query_start_loc_d'",
+    "conv_state_indices": "state_indices_d",
+    "query_start_loc": "query_start_loc_d",
 }
 
 
 @contextmanager
 def _renamed(names: dict[str, str]) -> Iterator[None]:
-    """Re-raise a conv validator's error under this op's argument names."""
+    """Re-raise a conv checker's error under this op's argument names."""
     try:
         yield
-    except (ValueError, TypeError) as e:
-        msg = str(e)
-        for old, new in names.items():
-            msg = msg.replace(old, new)
-        raise type(e)(msg) from e
+    except ContractError as e:
+        raise ContractError(names.get(e.op, e.op), names.get(e.arg, e.arg), e.detail) from e
 
 
 def short_conv_mixer(
@@ -93,13 +90,13 @@ def short_conv_mixer(
         check_tensor(op, name, t, shape=tuple(x.shape), device=x.device)
     if (query_start_loc_p is None) != (state_indices_p is None):
         missing = "state_indices_p" if state_indices_p is None else "query_start_loc_p"
-        raise ValueError(f"{op}: argument '{missing}' is required for prefills")
+        raise ContractError(op, missing, "is required for prefills")
     if num_accepted_tokens is not None and (state_indices_d is None or query_start_loc_d is None):
-        raise ValueError(
-            f"{op}: argument 'num_accepted_tokens' needs state_indices_d and query_start_loc_d"
+        raise ContractError(
+            op, "num_accepted_tokens", "needs state_indices_d and query_start_loc_d"
         )
     if query_start_loc_d is not None and state_indices_d is None:
-        raise ValueError(f"{op}: argument 'query_start_loc_d' needs state_indices_d")
+        raise ContractError(op, "query_start_loc_d", "needs state_indices_d")
     if state_indices_d is None:
         num_decode_tokens = 0
     elif query_start_loc_d is not None:
@@ -109,7 +106,7 @@ def short_conv_mixer(
     num_prefill_tokens = int(query_start_loc_p[-1]) if query_start_loc_p is not None else 0
     total = num_decode_tokens + num_prefill_tokens
     if total > x.shape[0]:
-        raise ValueError(f"{op}: argument 'x' has {x.shape[0]} rows but the metadata needs {total}")
+        raise ContractError(op, "x", f"has {x.shape[0]} rows but the metadata needs {total}")
     # B*x in x's dtype, as the layer forms it; the conv then runs in float64.
     Bx = (B[:total] * x[:total]).to(F64)
     Bx_d, Bx_p = Bx[:num_decode_tokens], Bx[num_decode_tokens:].T  # (Td, dim), (dim, Tp)

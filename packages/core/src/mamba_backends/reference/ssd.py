@@ -2,13 +2,14 @@
 
 ``mamba_chunk_scan_combined_varlen(x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlens,
 last_chunk_indices, seq_idx, out, D=None, z=None, dt_bias=None, initial_states=None,
-dt_softplus=False, dt_limit=(0.0, inf), return_intermediate_states=False, state_dtype=None)
--> states``
+dt_softplus=False, dt_limit=(0.0, inf), return_intermediate_states=False, state_dtype=None,
+final_states_out=None, final_state_indices=None) -> states | None``
 
 - ``x``, ``z``, ``out``: ``(T, H, P)``; ``dt``: ``(T, H)``; ``A``, ``dt_bias``: ``(H,)``;
 - ``B``, ``C``: ``(T, G, N)``; head ``h`` reads group ``h // (H // G)``;
 - ``D``: ``(H, P)`` or ``(H,)`` (one value per head);
-- ``cu_seqlens``: ``(batch+1,)`` token offsets; every sequence has at least one token;
+- ``cu_seqlens``: ``(batch+1,)`` token offsets from 0; every sequence has at least one token.
+  It may end before ``T`` (a padded tail): tokens past ``cu_seqlens[-1]`` are padding;
 - chunk metadata (see :func:`mamba_backends.metadata.compute_chunk_metadata`):
   ``cu_chunk_seqlens`` ``(nchunks+1,)``, ``seq_idx`` ``(nchunks,)`` (the sequence of each chunk),
   ``last_chunk_indices`` ``(batch,)`` (each sequence's last chunk). Chunks are at most
@@ -32,6 +33,15 @@ state after each sequence's last token, ``(batch, H, P, N)``; with
 ``last_chunk_indices[b]`` is sequence ``b``'s final state). States are returned in
 ``state_dtype``, default ``C.dtype``. Nothing else is written: the caller scatters the states to
 its slots.
+
+vLLM 0.33's form scatters them in the op instead: with ``final_states_out``
+``(slots, H, P, N)`` (any strides, any float dtype; written in place, cast to its dtype) the
+final state of sequence ``b`` is written to ``final_states_out[final_state_indices[b]]``
+(``final_state_indices`` ``(batch,)``; without it, slot ``b``) and the op returns ``None``.
+As for every other state index, an entry equal to ``PAD_SLOT_ID`` (-1) or ``NULL_BLOCK_ID`` (0)
+is skipped: that slot is not written. All states are computed before the first is written, so
+``final_states_out`` may be the pool that ``initial_states`` was gathered from. It cannot be
+combined with ``return_intermediate_states=True``.
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_backends.validate import check_ssd_varlen_args
+from mamba_backends.contract import check_ssd_varlen_args
+from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
 
 F64 = torch.float64
 
@@ -65,11 +76,14 @@ def mamba_chunk_scan_combined_varlen(
     dt_limit: tuple[float, float] = (0.0, float("inf")),
     return_intermediate_states: bool = False,
     state_dtype: torch.dtype | None = None,
-) -> Tensor:
+    final_states_out: Tensor | None = None,
+    final_state_indices: Tensor | None = None,
+) -> Tensor | None:
     """Mamba2 scan over packed sequences; see the module docstring."""
     check_ssd_varlen_args(
         x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlens, last_chunk_indices, seq_idx,
-        out, D, z, dt_bias, initial_states, dt_limit, state_dtype, check_values=True,
+        out, D, z, dt_bias, initial_states, dt_limit, state_dtype, return_intermediate_states,
+        final_states_out, final_state_indices, check_values=True,
     )  # fmt: skip
     T, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
@@ -112,5 +126,11 @@ def mamba_chunk_scan_combined_varlen(
                 per_chunk[chunk_ends[t + 1]] = s
         final[b] = s
     out[cu[0] : cu[-1]] = y_all[cu[0] : cu[-1]].to(out.dtype)
+    if final_states_out is not None:
+        slots = range(len(cu) - 1) if final_state_indices is None else final_state_indices.tolist()
+        for b, slot in enumerate(slots):
+            if final_state_indices is None or int(slot) not in (PAD_SLOT_ID, NULL_BLOCK_ID):
+                final_states_out[int(slot)] = final[b].to(final_states_out.dtype)
+        return None
     dtype = state_dtype if state_dtype is not None else C.dtype
     return (per_chunk if return_intermediate_states else final).to(dtype)

@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mamba_backends.contract import check_selective_state_update_args
 from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
-from mamba_backends.validate import check_selective_state_update_args
 
 F64 = torch.float64
 

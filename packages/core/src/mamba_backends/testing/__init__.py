@@ -14,8 +14,10 @@ them within the tolerance table (:data:`TOLERANCES`, one entry per dtype). It co
   *batch* (each sequence alone equals the batch), *canary* (pad ``-1`` and null block ``0``
   entries are skipped: every slot not indexed, and page padding, stays bit-identical),
   *in-place* (the indexed slots are updated in place, nothing else is written);
-- bad input: a wrong shape or dtype raises ValueError/TypeError naming the argument, and no
-  state is written;
+- the contract (:mod:`mamba_backends.contract`): bad input (a wrong shape or dtype, an
+  ``expand``-ed output or state, an output overlapping an input) raises ``ContractError``
+  naming the op and the argument, and no state is written; every op's signature equals the
+  spec's; offsets with a padded tail (``query_start_loc[-1] < T``) behave as the spec's;
 - a fixed grid, and cases drawn by hypothesis.
 
 Vendor usage, one line in the vendor package's tests::

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mamba_backends.backend import OP_NAMES, MambaBackend
+from mamba_backends.contract import ContractError
 from mamba_backends.testing._tensors import Factory, StatePool, changed_outside
 from mamba_backends.testing.tolerances import Tolerance, tolerance_for
 
@@ -150,7 +151,8 @@ class Case:
 
     ``kind`` is one of ``oneshot`` (vs the spec), ``split`` (k prefill pieces then decode steps
     vs the spec in one shot), ``batch`` (each sequence alone vs the spec on the batch),
-    ``bad_input`` (raises ValueError/TypeError, writes no state). Every kind with states also
+    ``bad_input`` (raises ContractError naming the op and argument, writes no state),
+    ``signature`` (the op's signature is the spec's). Every kind with states also
     checks the canary and in-place rules. ``requires`` lists every op the case calls.
     """
 
@@ -240,8 +242,11 @@ def expect_rejected(
     call: Callable[[], Any],
     names: Sequence[str],
     pools: Sequence[tuple[str, Tensor, StatePool]],
+    *,
+    op: str | None = None,
 ) -> None:
-    """Bad input: ``call`` raises ValueError/TypeError naming one of ``names``; no state written.
+    """Bad input: ``call`` raises :class:`~mamba_backends.contract.ContractError` whose ``arg``
+    is one of ``names`` (and whose ``op`` is ``op``, when given); no state is written.
 
     ``pools`` holds ``(what, base_before, pool)`` for every state the op could write.
     NotImplementedError propagates (the op is missing, not wrong).
@@ -250,13 +255,17 @@ def expect_rejected(
         call()
     except NotImplementedError:
         raise
-    except (ValueError, TypeError) as e:
-        msg = str(e)
-        if names and not any(n in msg for n in names):
-            check.fail(f"error does not name the argument (one of {list(names)}): {msg!r}")
+    except ContractError as e:
+        if names and e.arg not in names:
+            check.fail(f"error names argument {e.arg!r}, expected one of {list(names)}: {e}")
+        if op is not None and e.op.split(" (")[0] != op:
+            check.fail(f"error names op {e.op!r}, expected {op!r}: {e}")
     except Exception as e:  # noqa: BLE001 - a wrong exception type is the finding
-        check.fail(f"raised {type(e).__name__} instead of ValueError/TypeError: {e}")
+        check.fail(
+            f"raised {type(e).__name__} instead of mamba_backends.contract.ContractError "
+            f"(the shared argument checks): {e}"
+        )
     else:
-        check.fail("accepted the bad input without raising ValueError/TypeError")
+        check.fail("accepted the bad input without raising ContractError")
     for what, before, pool in pools:
         check.untouched(what, before, pool, ())

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
-from mamba_backends.validate import (
+from mamba_backends.contract import (
     check_causal_conv1d_fn_args,
     check_causal_conv1d_update_args,
     check_not_supported,
 )
-from mamba_backends_cpu.ops import _native_conv
-from mamba_backends_cpu.ops._common import as_index, compute_dtype, require, silu_name, slot_mask
+from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
+from mamba_backends_cpu.native import conv as _native_conv
+from mamba_backends_cpu.ops._common import compute_dtype, live_slots, silu_name
 
 
 def _gather_states(conv_states: Tensor, slots: Tensor, K: int, ctype: torch.dtype) -> Tensor:
@@ -229,39 +229,26 @@ def causal_conv1d_fn(
         activation, pad_slot_id, null_block_id,
     )  # fmt: skip
     use_silu = silu_name(activation)
-    require(x.dim() == 2, f"x must be (dim, T), got shape {tuple(x.shape)}")
-    require(weight.dim() == 2, f"weight must be (dim, W), got shape {tuple(weight.shape)}")
     dim, T = x.shape
-    W = weight.shape[1]
-    K = W - 1
-    require(weight.shape[0] == dim, f"weight has {weight.shape[0]} channels, x has {dim}")
-    require(bias is None or tuple(bias.shape) == (dim,), "bias must be (dim,)")
-    require(
-        conv_states.dim() == 3 and conv_states.shape[1] == dim and conv_states.shape[2] >= K,
-        f"conv_states must be (slots, {dim}, >= {K}), got {tuple(conv_states.shape)}",
-    )
-    require(query_start_loc.dim() == 1, "query_start_loc must be 1-D")
-    qsl = as_index(query_start_loc, "query_start_loc").cpu()
+    K = weight.shape[1] - 1
+    qsl = query_start_loc.to(torch.int64)
     Bn = qsl.numel() - 1
-    require(Bn >= 0 and int(qsl[0]) == 0, "query_start_loc must start at 0")
-    require(int(qsl[-1]) == T, f"query_start_loc ends at {int(qsl[-1])}, x has {T} tokens")
-    require(bool((qsl[1:] >= qsl[:-1]).all()), "query_start_loc must be non-decreasing")
+    Tv = int(qsl[-1])
+    if Tv < T:
+        # A padded tail: the tokens past the last sequence are padding; their outputs are zero.
+        y = causal_conv1d_fn(
+            x[:, :Tv], weight, bias, conv_states, query_start_loc, cache_indices,
+            has_initial_state, activation, pad_slot_id, null_block_id,
+        )  # fmt: skip
+        full = torch.zeros(T, dim, dtype=x.dtype).t() if y.stride(0) == 1 else x.new_zeros(dim, T)
+        full[:, :Tv] = y
+        return full
     if cache_indices is not None:
-        require(
-            cache_indices.dim() == 1 and cache_indices.numel() == Bn,
-            f"cache_indices must be ({Bn},), got {tuple(cache_indices.shape)}",
-        )
-        slots = as_index(cache_indices, "cache_indices")
-        valid = slot_mask(slots, conv_states.shape[0], pad_slot_id, null_block_id, "cache_indices")
+        slots = cache_indices.to(torch.int64)
+        valid = live_slots(slots, pad_slot_id, null_block_id)
     else:
-        require(Bn <= conv_states.shape[0], "conv_states has fewer slots than sequences")
         slots = torch.arange(Bn, dtype=torch.int64)
         valid = torch.ones(Bn, dtype=torch.bool)
-    if has_initial_state is not None:
-        require(
-            has_initial_state.numel() == Bn,
-            f"has_initial_state must be ({Bn},), got {tuple(has_initial_state.shape)}",
-        )
     cdll = _native_lib(weight, x, weight, bias, conv_states)
     if cdll is not None:
         return _fn_native(
@@ -345,43 +332,26 @@ def causal_conv1d_update(
             cdll, x, conv_state, weight, bias, use_silu, conv_state_indices, query_start_loc,
             null_block_id, out,
         )  # fmt: skip
-    require(weight.dim() == 2, f"weight must be (dim, W), got shape {tuple(weight.shape)}")
     dim, W = weight.shape
     K = W - 1
-    require(
-        conv_state.dim() == 3 and conv_state.shape[1] == dim and conv_state.shape[2] >= K,
-        f"conv_state must be (slots, {dim}, >= {K}), got {tuple(conv_state.shape)}",
-    )
-    require(bias is None or tuple(bias.shape) == (dim,), "bias must be (dim,)")
-    if out is not None:
-        require(out.shape == x.shape, f"out shape {tuple(out.shape)} must match x {tuple(x.shape)}")
-        require(out.dtype == x.dtype, "out must have x's dtype")
     # Token-major view of the inputs and per-request offsets.
     if query_start_loc is not None:
-        require(x.dim() == 2 and x.shape[1] == dim, f"varlen x must be (num_tokens, {dim})")
-        require(conv_state_indices is not None, "varlen form needs conv_state_indices")
-        qsl = as_index(query_start_loc, "query_start_loc").cpu()
+        qsl = query_start_loc.to(torch.int64)
         batch = qsl.numel() - 1
         xT = x
     elif x.dim() == 2:
-        require(x.shape[1] == dim, f"x must be (batch, {dim}), got {tuple(x.shape)}")
         batch = x.shape[0]
         qsl = None
         xT = x
     else:
-        require(x.dim() == 3 and x.shape[1] == dim, f"x must be (batch, {dim}, seqlen)")
         batch, _, L = x.shape
         qsl = torch.arange(batch + 1, dtype=torch.int64) * L
         xT = x.transpose(1, 2).reshape(batch * L, dim)
     if conv_state_indices is not None:
         idx = conv_state_indices[:, 0] if conv_state_indices.dim() == 2 else conv_state_indices
-        require(idx.numel() == batch, f"conv_state_indices must have {batch} rows")
-        slots = as_index(idx, "conv_state_indices").reshape(-1)
-        valid = slot_mask(
-            slots, conv_state.shape[0], PAD_SLOT_ID, null_block_id, "conv_state_indices"
-        )
+        slots = idx.to(torch.int64).reshape(-1)
+        valid = live_slots(slots, PAD_SLOT_ID, null_block_id)
     else:
-        require(batch <= conv_state.shape[0], "conv_state has fewer slots than the batch")
         slots = torch.arange(batch, dtype=torch.int64)
         valid = torch.ones(batch, dtype=torch.bool)
     all_valid = bool(valid.all())

@@ -3,12 +3,13 @@
 Same signatures, shapes and in-place rules as the spec (:mod:`mamba_backends.reference.gdn`)
 and vLLM 0.32. Gates, decays, the triangular inverse and every state are computed in float32
 (float64 inputs stay float64), so fp32 GDN works on CPU, which vLLM-CPU refuses. With bf16
-inputs the prefill's matrix products take bf16 operands (:data:`BF16_GEMMS`), as vLLM's and
-fla's kernels do; fp16 and fp32 inputs use float32 products throughout.
+inputs the prefill's matrix products take bf16 operands (tuning key ``bf16_gemms``), as vLLM's
+and fla's kernels do; fp16 and fp32 inputs use float32 products throughout.
 
-Prefill (:func:`chunk_gated_delta_rule`) is the chunked WY/UT form, chunk size 64. Within a
-chunk with cumulative log decay ``G_i = g_1 + ... + g_i`` and decay ratios
-``D_ij = exp(G_i - G_j)`` (``i >= j``)::
+Prefill (:func:`chunk_gated_delta_rule`) is the chunked WY/UT form, chunk size 64 (tuning key
+``chunk_size``: the PyTorch paths read their block sizes through :mod:`mamba_backends.tuning`
+from the tables in :mod:`mamba_backends_cpu.tuning`). Within a chunk with cumulative log decay
+``G_i = g_1 + ... + g_i`` and decay ratios ``D_ij = exp(G_i - G_j)`` (``i >= j``)::
 
     A   = strict_lower((beta * k) @ k^T * D)          # the delta-rule interactions
     Tm  = (I + A)^-1          # 16x16 forward substitution, then block doubling
@@ -36,29 +37,37 @@ PyTorch code above stays the fallback (and the float64 path).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_backends.reference.gdn import (
-    L2NORM_EPS,
+from mamba_backends.contract import (
     check_chunk_gated_delta_rule_args,
     check_fused_gdn_gating_args,
     check_fused_recurrent_gated_delta_rule_args,
 )
-from mamba_backends_cpu.ops import _native_gdn
+from mamba_backends.reference.gdn import L2NORM_EPS
+from mamba_backends_cpu.native import gdn as _native_gdn
+from mamba_backends_cpu.tuning import cpu_config, dtype_name
 
-#: Tokens per chunk of the prefill kernel (a power of two).
-CHUNK_SIZE = 64
 
-#: With bf16 inputs, run the prefill's matrix products on bf16 operands (fp32 accumulation
-#: inside the GEMM, fp32 gates, decays, triangular inverse and state), as vLLM's and fla's
-#: kernels do. It is 3-10x faster on CPUs with AVX512-BF16/AMX. ``False`` keeps every
-#: product in float32. fp16 and fp32 inputs always use float32 products.
-BF16_GEMMS = True
+def _prefill_config(dtype: torch.dtype, K: int, V: int) -> dict[str, Any]:
+    """Tuning of the PyTorch prefill (CPU table ``chunk_gated_delta_rule.json``).
 
-#: Decode processes sequences in blocks of about this many state bytes (cache-resident).
-_DECODE_BLOCK_BYTES = 4 << 20
+    ``chunk_size``: tokens per chunk, a power of two. ``bf16_gemms``: with bf16 inputs the
+    matrix products take bf16 operands (fp32 accumulation inside the GEMM; gates, decays,
+    triangular inverse and state stay fp32), 3-10x faster on CPUs with AVX512-BF16/AMX;
+    ``False`` keeps every product fp32. fp16 and fp32 inputs always use fp32 products.
+    """
+    return cpu_config("chunk_gated_delta_rule", dtype=dtype_name(dtype), K=K, V=V)
+
+
+def _decode_block_bytes(dtype: torch.dtype, K: int, V: int) -> int:
+    """Decode runs sequences in blocks of about this many state bytes (cache-resident)."""
+    cfg = cpu_config("fused_recurrent_gated_delta_rule", dtype=dtype_name(dtype), K=K, V=V)
+    return int(cfg["decode_block_bytes"])
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -212,6 +221,20 @@ def chunk_gated_delta_rule(
     B, T, H, HV, K, V, N = check_chunk_gated_delta_rule_args(
         q, k, v, g, beta, scale, initial_state, cu_seqlens, core_attn_out
     )
+    if cu_seqlens is not None and int(cu_seqlens[-1]) < T:
+        # A padded tail: run the real tokens; the output rows past them are zero (the spec's).
+        Tv = int(cu_seqlens[-1])
+        o, final = chunk_gated_delta_rule(
+            q[:, :Tv], k[:, :Tv], v[:, :Tv], g[:, :Tv], beta[:, :Tv], scale, initial_state,
+            output_final_state, cu_seqlens, None, None, use_qk_l2norm_in_kernel,
+            None if core_attn_out is None else core_attn_out[:, :Tv],
+        )  # fmt: skip
+        full = core_attn_out if core_attn_out is not None else q.new_zeros(B, T, HV, V)
+        if core_attn_out is not None:
+            full[:, Tv:].zero_()
+        else:
+            full[:, :Tv] = o
+        return full, final
     if _native_gdn.supported(q, k, v, g, beta, initial_state, core_attn_out) and (
         _native_gdn.available()
     ):
@@ -220,7 +243,8 @@ def chunk_gated_delta_rule(
             output_final_state, cu_seqlens, use_qk_l2norm_in_kernel, core_attn_out,
         )  # fmt: skip
     cdt = _compute_dtype(q.dtype)
-    C = CHUNK_SIZE
+    tuning = _prefill_config(q.dtype, q.shape[-1], v.shape[-1])
+    C = tuning["chunk_size"]
     BT = B * T
     sc = K**-0.5 if scale is None else float(scale)
 
@@ -265,8 +289,8 @@ def chunk_gated_delta_rule(
         x = torch.cat([x, x.new_zeros(1, heads * F)]).index_select(0, tok)
         return x.view(NC, C, heads, F).permute(0, 2, 1, 3).contiguous()
 
-    # GEMM operand dtype: bf16 for bf16 inputs (see BF16_GEMMS), else the compute dtype.
-    gd = torch.bfloat16 if (q.dtype == torch.bfloat16 and BF16_GEMMS) else cdt
+    # GEMM operand dtype: bf16 for bf16 inputs (tuning key bf16_gemms), else the compute dtype.
+    gd = torch.bfloat16 if (q.dtype == torch.bfloat16 and tuning["bf16_gemms"]) else cdt
 
     def in_gd(x: Tensor) -> Tensor:  # an fp32 product stored straight into a gd tensor
         return x if gd == cdt else x.to(gd)
@@ -460,7 +484,7 @@ def fused_recurrent_gated_delta_rule(
 
     # Sequences run in blocks whose states stay cache-resident between the passes.
     per_seq = HV * V * K * torch.finfo(cdt).bits // 8
-    blk = max(1, _DECODE_BLOCK_BYTES // per_seq)
+    blk = max(1, _decode_block_bytes(q.dtype, q.shape[-1], v.shape[-1]) // per_seq)
     buf: Tensor | None = None  # one gather buffer per call, reused by every block
     if initial_state is not None and NL:
         rows = state_rows(initial_state)

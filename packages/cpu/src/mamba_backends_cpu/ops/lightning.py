@@ -3,7 +3,7 @@
 Same signatures, shapes and in-place rules as the spec
 (:mod:`mamba_backends.reference.lightning`) and vLLM 0.32. Decays and states are float32
 (float64 inputs stay float64); with bf16 inputs the prefill's matrix products take bf16
-operands (:data:`BF16_GEMMS`).
+operands (tuning key ``bf16_gemms``; block sizes come from :mod:`mamba_backends.tuning`).
 
 Prefill is chunked. With ``lam = exp(-s)`` per head, a chunk of ``L`` tokens entered with
 state ``kv: [d, e]`` gives, for its token ``i`` (0-based)::
@@ -18,24 +18,35 @@ requests whose states stay cache-resident, with ``index_select``/``index_copy_``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from mamba_backends.reference.lightning import (
+from mamba_backends.contract import (
     check_lightning_attention_args,
     check_linear_decode_forward_args,
 )
 from mamba_backends_cpu.ops.gdn import put_state_rows, state_rows
+from mamba_backends_cpu.tuning import cpu_config, dtype_name
 
-#: Tokens per chunk of the prefill kernel when ``block_size`` is a multiple of it.
-CHUNK_SIZE = 64
 
-#: With bf16 inputs, run the prefill's matrix products on bf16 operands (fp32 accumulation
-#: inside the GEMM; decays and the state stay fp32). ``False`` keeps every product fp32.
-BF16_GEMMS = True
+def _prefill_config(dtype: torch.dtype, D: int, E: int, block_size: int) -> dict[str, Any]:
+    """Tuning of the prefill (CPU table ``lightning_attention.json``).
 
-#: Decode processes requests in blocks of about this many state bytes (cache-resident).
-_DECODE_BLOCK_BYTES = 4 << 20
+    ``chunk_size``: tokens per chunk when ``block_size`` is a multiple of it (else one chunk
+    per block). ``bf16_gemms``: with bf16 inputs the matrix products take bf16 operands (fp32
+    accumulation inside the GEMM; decays and the state stay fp32); ``False`` keeps every
+    product fp32.
+    """
+    name = dtype_name(dtype)
+    return cpu_config("lightning_attention", dtype=name, D=D, E=E, block_size=block_size)
+
+
+def _decode_block_bytes(dtype: torch.dtype, D: int) -> int:
+    """Decode runs requests in blocks of about this many state bytes (cache-resident)."""
+    cfg = cpu_config("linear_decode_forward", dtype=dtype_name(dtype), D=D)
+    return int(cfg["decode_block_bytes"])
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -59,15 +70,16 @@ def lightning_attention(
     """
     b, h, n, d, e = check_lightning_attention_args(q, k, v, ed, block_size, kv_history)
     cdt = _compute_dtype(q.dtype)
-    C = CHUNK_SIZE if block_size % CHUNK_SIZE == 0 else block_size
+    tuning = _prefill_config(q.dtype, q.shape[-1], v.shape[-1], block_size)
+    C = tuning["chunk_size"] if block_size % tuning["chunk_size"] == 0 else block_size
     per_block = block_size // C
     nc = -(-n // C)
     nb = -(-n // block_size)
     bh = b * h
     pad = nc * C - n
 
-    # GEMM operand dtype: bf16 for bf16 inputs (see BF16_GEMMS), else the compute dtype
-    gd = torch.bfloat16 if (q.dtype == torch.bfloat16 and BF16_GEMMS) else cdt
+    # GEMM operand dtype: bf16 for bf16 inputs (tuning key bf16_gemms), else the compute dtype
+    gd = torch.bfloat16 if (q.dtype == torch.bfloat16 and tuning["bf16_gemms"]) else cdt
 
     def chunks(x: Tensor) -> Tensor:  # [b, h, n, f] -> [bh, nc, C, f] in gd
         x = x.to(gd).reshape(bh, n, x.shape[-1])
@@ -140,7 +152,7 @@ def linear_decode_forward(
     # requests run in blocks whose states stay cache-resident between the passes
     rows = state_rows(kv_caches)
     per_req = H * D * D * torch.finfo(cdt).bits // 8
-    blk = max(1, _DECODE_BLOCK_BYTES // per_req)
+    blk = max(1, _decode_block_bytes(q.dtype, q.shape[-1]) // per_req)
     buf = torch.empty((min(blk, NL), *rows.shape[1:]), dtype=kv_caches.dtype)
     o = torch.empty(NL, H, D, dtype=cdt)
     for b0 in range(0, NL, blk):

@@ -10,7 +10,9 @@ tokens; all sequences' ``k``-th blocks are processed together. Inside a block, w
 decay ``s_t = cumsum(dt) * A`` taken relative to the block's first token (``<= 0``),
 ``h_t = exp(s_t) * (h_in' + cumsum_u(exp(-s_u) * dt_u u_u B_u))``. ``L`` is chosen so that
 ``-s`` stays below an overflow bound in every block (``exp(-s_u)`` finite; ``L = 1`` always
-is), which keeps the form exact. The state carries across blocks.
+is), which keeps the form exact. The state carries across blocks. The candidate lengths are
+the ``block_lengths`` tuning entry (:mod:`mamba_backends.tuning`, CPU table
+``selective_scan_fn.json``).
 A fused native kernel (``_native``) replaces this path when it is available.
 """
 
@@ -22,20 +24,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mamba_backends.contract import check_not_supported, check_selective_scan_args
 from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
-from mamba_backends.validate import check_not_supported, check_selective_scan_args
-from mamba_backends_cpu.ops import _native
-from mamba_backends_cpu.ops._common import as_index, compute_dtype, require, slot_mask
+from mamba_backends_cpu.native import ssm as _native
+from mamba_backends_cpu.ops._common import compute_dtype, live_slots
+from mamba_backends_cpu.tuning import cpu_config, dtype_name
 
 logger = logging.getLogger(__name__)
 
-_BLOCKS = (64, 32, 16, 8, 4, 2, 1)
+
+def _block_lengths(dtype: torch.dtype, N: int) -> list[int]:
+    """Candidate block lengths of the PyTorch scan, longest first (CPU tuning table)."""
+    cfg = cpu_config("selective_scan_fn", compute_dtype=dtype_name(dtype), N=N)
+    return sorted(cfg["block_lengths"], reverse=True)
 
 
-def _pick_block(dt: Tensor, amax: Tensor, seq_of: Tensor, pos: Tensor, limit: float) -> int:
-    """Largest block length whose per-block total log decay stays under ``limit``."""
+def _pick_block(
+    dt: Tensor, amax: Tensor, seq_of: Tensor, pos: Tensor, limit: float, blocks: list[int]
+) -> int:
+    """Largest of ``blocks`` whose per-block total log decay stays under ``limit`` (else 1)."""
     w = dt * amax  # (T, D) decay rate per token and channel
-    for L in _BLOCKS:
+    for L in blocks:
         if L == 1:
             return 1
         key = seq_of * (int(pos.max()) // L + 1) + pos // L
@@ -76,7 +85,7 @@ def _scan_torch(
     pos = torch.arange(T) - qsl[:-1][seq_of]
     limit = 60.0 if u.dtype != torch.float64 else 600.0
     amax = A.abs().amax(dim=1)
-    L = _pick_block(dt, amax, seq_of, pos, limit) if T else 1
+    L = _pick_block(dt, amax, seq_of, pos, limit, _block_lengths(u.dtype, N)) if T else 1
     y = torch.empty(T, Dm, dtype=u.dtype)
     h = h0.clone()
     nblk = (lens + L - 1) // L
@@ -172,16 +181,23 @@ def selective_scan_fn(
     varlen = query_start_loc is not None
     if varlen:
         assert query_start_loc is not None
-        require(u.dim() == 2, f"u must be (dim, T) with query_start_loc, got {tuple(u.shape)}")
         Dm, T = u.shape
-        qsl = as_index(query_start_loc, "query_start_loc").cpu()
+        qsl = query_start_loc.to(torch.int64)
+        Tv = int(qsl[-1])
+        if Tv < T:
+            # A padded tail: the tokens past the last sequence are padding, left untouched.
+            selective_scan_fn(
+                u[:, :Tv], ssm_states, delta[:, :Tv], A, B[..., :Tv], C[..., :Tv], D,
+                None if z is None else z[:, :Tv], delta_bias, delta_softplus, query_start_loc,
+                cache_indices, has_initial_state, null_block_id,
+            )  # fmt: skip
+            return z if z is not None else delta
         Bv = B.unsqueeze(0) if B.dim() == 2 else B
         Cv = C.unsqueeze(0) if C.dim() == 2 else C
         uT, dT = u.t(), delta.t()
         zT = z.t() if z is not None else None
         BT, CT = Bv.permute(2, 0, 1), Cv.permute(2, 0, 1)  # (T, G, N)
     else:
-        require(u.dim() == 3, f"u must be (batch, dim, L), got {tuple(u.shape)}")
         nb, Dm, Lq = u.shape
         T = nb * Lq
         qsl = torch.arange(nb + 1, dtype=torch.int64) * Lq
@@ -192,37 +208,15 @@ def selective_scan_fn(
         zT = z.transpose(1, 2).reshape(T, Dm) if z is not None else None
         BT = Bv.permute(0, 3, 1, 2).reshape(T, Bv.shape[1], Bv.shape[2])
         CT = Cv.permute(0, 3, 1, 2).reshape(T, Cv.shape[1], Cv.shape[2])
-    require(delta.shape == u.shape, f"delta must match u {tuple(u.shape)}")
-    require(z is None or z.shape == u.shape, "z must match u")
-    require(A.dim() == 2 and A.shape[0] == Dm, f"A must be ({Dm}, N), got {tuple(A.shape)}")
-    N = A.shape[1]
-    G = BT.shape[1]
-    require(BT.shape == (T, G, N) and G > 0 and Dm % G == 0, "B must be (G, N, T), G | dim")
-    require(CT.shape == BT.shape, "C must match B")
-    require(D is None or D.numel() == Dm, f"D must be ({Dm},)")
-    require(delta_bias is None or delta_bias.numel() == Dm, f"delta_bias must be ({Dm},)")
     states = ssm_states
-    if states.dim() == 4:
-        states = states.flatten(1, 2)
-    require(
-        states.dim() == 3 and states.shape[1:] == (Dm, N),
-        f"ssm_states must be (slots, {Dm}, {N}), got {tuple(ssm_states.shape)}",
-    )
-    require(int(qsl[0]) == 0 and int(qsl[-1]) == T, f"query_start_loc must span 0..{T}")
     nseq = qsl.numel() - 1
     lens = qsl[1:] - qsl[:-1]
-    require(bool((lens >= 0).all()), "query_start_loc must be non-decreasing")
     if cache_indices is not None:
-        ci = cache_indices[:, 0] if cache_indices.dim() == 2 else cache_indices
-        require(ci.numel() == nseq, f"cache_indices must be ({nseq},)")
-        slots = as_index(ci, "cache_indices").reshape(-1)
-        valid = slot_mask(slots, states.shape[0], PAD_SLOT_ID, null_block_id, "cache_indices")
+        slots = cache_indices.to(torch.int64).reshape(-1)
+        valid = live_slots(slots, PAD_SLOT_ID, null_block_id)
     else:
-        require(nseq <= states.shape[0], "ssm_states has fewer slots than sequences")
         slots = torch.arange(nseq, dtype=torch.int64)
         valid = torch.ones(nseq, dtype=torch.bool)
-    if has_initial_state is not None:
-        require(has_initial_state.numel() == nseq, f"has_initial_state must be ({nseq},)")
     run = valid & (lens > 0)
     ctype = compute_dtype(u, delta, ssm_states)
     out = z if z is not None else delta

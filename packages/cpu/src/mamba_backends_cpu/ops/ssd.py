@@ -1,8 +1,10 @@
 """CPU kernels: Mamba2 SSD chunk scan (varlen prefill) as chunked matmuls.
 
 The caller's chunks (``cu_chunk_seqlens``) are cut into internal blocks of at most
-``_BLOCK`` tokens (smaller blocks mean fewer quadratic flops; the result does not depend on
-the cut). Per block, with ``a = dt*A`` and ``s = cumsum(a)`` inside the block:
+``block`` tokens, a tuning entry (:mod:`mamba_backends.tuning`, CPU table
+``mamba_chunk_scan_combined_varlen.json``); smaller blocks mean fewer quadratic flops, and the
+result does not depend on the cut. Per block, with ``a = dt*A`` and ``s = cumsum(a)`` inside
+the block:
 
 * intra-block: ``y_t += sum_{u<=t} (C_t . B_u) exp(s_t - s_u) dt_u x_u`` (one masked
   ``(L, L)`` decay per head, then a batched matmul);
@@ -24,13 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mamba_backends.validate import check_ssd_varlen_args
-from mamba_backends_cpu.ops import _native
-from mamba_backends_cpu.ops._common import as_index, compute_dtype, require
+from mamba_backends.contract import check_ssd_varlen_args
+from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
+from mamba_backends_cpu.native import ssm as _native
+from mamba_backends_cpu.ops._common import compute_dtype, live_slots
+from mamba_backends_cpu.tuning import cpu_config, dtype_name
 
-#: Internal block length (tokens). 64 balances the quadratic intra-block term against the
-#: per-block state matmuls on CPUs; any positive value gives the same result.
-_BLOCK = 64
+
+def _block_len(dtype: torch.dtype, P: int, N: int, chunk_size: int) -> int:
+    """Internal block length in tokens (CPU tuning table; any positive value gives the same
+    result, 64 balances the quadratic intra-block term against the per-block matmuls)."""
+    name = dtype_name(dtype)
+    op = "mamba_chunk_scan_combined_varlen"
+    return int(cpu_config(op, compute_dtype=name, P=P, N=N, chunk_size=chunk_size)["block"])
 
 
 def _blocks(cu_chunk: Tensor, block: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -79,8 +87,10 @@ def mamba_chunk_scan_combined_varlen(
     dt_limit: tuple[float, float] = (0.0, float("inf")),
     return_intermediate_states: bool = False,
     state_dtype: torch.dtype | None = None,
-) -> Tensor:
-    """Varlen SSD scan; writes ``out`` in place and returns the states.
+    final_states_out: Tensor | None = None,
+    final_state_indices: Tensor | None = None,
+) -> Tensor | None:
+    """Varlen SSD scan; writes ``out`` in place and returns the states (or scatters them).
 
     Args:
         x: ``(T, H, P)``.
@@ -95,49 +105,54 @@ def mamba_chunk_scan_combined_varlen(
         out: ``(T, H, P)`` output, written in place.
         D: ``(H, P)`` or ``(H,)``; z: ``(T, H, P)``; dt_bias: ``(H,)``.
         initial_states: ``(batch, H, P, N)`` or None (zeros).
+        final_states_out: ``(slots, H, P, N)``, any strides (vLLM 0.33): the final state of
+            sequence ``b`` is written to slot ``final_state_indices[b]`` (``(batch,)``; slot
+            ``b`` without it; pad ``-1`` and null ``0`` entries are skipped).
+
+    Tokens past ``cu_seqlens[-1]`` (a padded tail) are not read, and their rows of ``out`` are
+    left as they were.
 
     Returns:
         ``(batch, H, P, N)`` state after each sequence's last chunk, or ``(nchunks, H, P, N)``
         after every chunk when ``return_intermediate_states``; dtype ``state_dtype`` (else
-        ``C.dtype``).
+        ``C.dtype``). ``None`` when ``final_states_out`` is given.
     """
     check_ssd_varlen_args(
         x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlens, last_chunk_indices, seq_idx,
-        out, D, z, dt_bias, initial_states, dt_limit, state_dtype,
+        out, D, z, dt_bias, initial_states, dt_limit, state_dtype, return_intermediate_states,
+        final_states_out, final_state_indices,
     )  # fmt: skip
-    require(x.dim() == 3, f"x must be (T, H, P), got {tuple(x.shape)}")
     T, H, P = x.shape
-    require(dt.shape == (T, H), f"dt must be ({T}, {H}), got {tuple(dt.shape)}")
-    require(A.shape == (H,), f"A must be ({H},), got {tuple(A.shape)}")
-    require(B.dim() == 3 and B.shape[0] == T, f"B must be ({T}, G, N), got {tuple(B.shape)}")
     _, G, N = B.shape
-    require(G > 0 and H % G == 0, f"nheads {H} must be divisible by ngroups {G}")
-    require(C.shape == B.shape, f"C must match B {tuple(B.shape)}, got {tuple(C.shape)}")
-    require(out.shape == x.shape, f"out must be {tuple(x.shape)}, got {tuple(out.shape)}")
-    require(z is None or z.shape == x.shape, "z must match x")
-    require(D is None or D.shape in ((H, P), (H,)), f"D must be ({H}, {P}) or ({H},)")
-    require(dt_bias is None or dt_bias.shape == (H,), f"dt_bias must be ({H},)")
-    cu = as_index(cu_seqlens, "cu_seqlens").cpu()
-    cuc = as_index(cu_chunk_seqlens, "cu_chunk_seqlens").cpu()
-    sidx = as_index(seq_idx, "seq_idx").cpu()
-    last = as_index(last_chunk_indices, "last_chunk_indices").cpu()
+    cu = cu_seqlens.to(torch.int64)
+    Tv = int(cu[-1])
+    if Tv < T or final_states_out is not None:
+        # Padded tail: run the real tokens only. vLLM 0.33: scatter the final states (kept in
+        # fp32 or wider until the cast to the pool's dtype).
+        sdt = state_dtype
+        if final_states_out is not None:
+            sdt = torch.promote_types(final_states_out.dtype, torch.float32)
+        states = mamba_chunk_scan_combined_varlen(
+            x[:Tv], dt[:Tv], A, B[:Tv], C[:Tv], chunk_size, cu_seqlens, cu_chunk_seqlens,
+            last_chunk_indices, seq_idx, out[:Tv], D, None if z is None else z[:Tv], dt_bias,
+            initial_states, dt_softplus, dt_limit, return_intermediate_states, sdt,
+        )  # fmt: skip
+        if final_states_out is None:
+            return states
+        assert states is not None
+        if final_state_indices is None:
+            slots = torch.arange(states.shape[0], dtype=torch.int64)
+        else:
+            slots = final_state_indices.to(torch.int64)
+        live = torch.ones(slots.numel(), dtype=torch.bool)
+        if final_state_indices is not None:
+            live = live_slots(slots, PAD_SLOT_ID, NULL_BLOCK_ID)
+        final_states_out.index_put_((slots[live],), states[live].to(final_states_out.dtype))
+        return None
+    cuc = cu_chunk_seqlens.to(torch.int64)
+    sidx = seq_idx.to(torch.int64)
+    last = last_chunk_indices.to(torch.int64)
     nseq, nch = cu.numel() - 1, cuc.numel() - 1
-    require(int(cu[0]) == 0 and int(cu[-1]) == T, f"cu_seqlens must span 0..{T}")
-    require(int(cuc[0]) == 0 and int(cuc[-1]) == T, f"cu_chunk_seqlens must span 0..{T}")
-    require(bool((cuc[1:] > cuc[:-1]).all()), "cu_chunk_seqlens: every chunk needs a token")
-    require(sidx.shape == (nch,), f"seq_idx must be ({nch},), got {tuple(sidx.shape)}")
-    require(last.shape == (nseq,), f"last_chunk_indices must be ({nseq},)")
-    if nch:
-        require(bool(((sidx >= 0) & (sidx < nseq)).all()), "seq_idx out of range")
-        inside = (cuc[:-1] >= cu[sidx]) & (cuc[1:] <= cu[sidx + 1])
-        require(bool(inside.all()), "cu_chunk_seqlens: a chunk leaves the sequence seq_idx names")
-        require(bool((sidx[1:] >= sidx[:-1]).all()), "seq_idx must be non-decreasing")
-    require(bool(((last >= 0) & (last < max(nch, 1))).all()), "last_chunk_indices out of range")
-    if initial_states is not None:
-        require(
-            initial_states.shape == (nseq, H, P, N),
-            f"initial_states must be ({nseq}, {H}, {P}, {N}), got {tuple(initial_states.shape)}",
-        )
     ctype = compute_dtype(x, dt, B, C, initial_states)
     sdtype = state_dtype if state_dtype is not None else C.dtype
 
@@ -165,7 +180,7 @@ def mamba_chunk_scan_combined_varlen(
         return res_n.to(sdtype)
 
     # Internal blocks, padded to (nB, L) token slots.
-    L = min(_BLOCK, chunk_size)
+    L = min(_block_len(ctype, x.shape[-1], B.shape[-1], chunk_size), chunk_size)
     bstart, blen, chunk_of = _blocks(cuc, L)
     nB = bstart.numel()
     seq_of = sidx[chunk_of]

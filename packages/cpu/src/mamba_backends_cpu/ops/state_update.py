@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mamba_backends.contract import check_selective_state_update_args
 from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
-from mamba_backends.validate import check_selective_state_update_args
-from mamba_backends_cpu.ops import _native
-from mamba_backends_cpu.ops._common import as_index, compute_dtype, require, slot_mask
+from mamba_backends_cpu.native import ssm as _native
+from mamba_backends_cpu.ops._common import compute_dtype, live_slots
 
 
 def _tied(A: Tensor, dt: Tensor, dt_bias: Tensor | None) -> bool:
@@ -131,7 +131,6 @@ def selective_state_update(
         )
     heads_form = state.dim() == 4
     if not heads_form:
-        require(state.dim() == 3, f"state must be 3-D or 4-D, got {tuple(state.shape)}")
         state = state.unsqueeze(1)
         x, dt, A = x.unsqueeze(1), dt.unsqueeze(1), A.unsqueeze(0)
         B = B.unsqueeze(1) if B.dim() == 2 else B
@@ -152,76 +151,41 @@ def selective_state_update(
             dst_state_batch_indices, null_block_id, out, heads_form,
         )  # fmt: skip
     nb = x.shape[0]
-    require(x.shape == (nb, H, P), f"x must be ({nb}, {H}, {P}), got {tuple(x.shape)}")
-    require(dt.shape == x.shape, f"dt must match x {tuple(x.shape)}, got {tuple(dt.shape)}")
-    require(A.shape == (H, P, N), f"A must be ({H}, {P}, {N}), got {tuple(A.shape)}")
-    require(B.dim() == 3 and B.shape[0] == nb and B.shape[2] == N, f"B must be ({nb}, G, {N})")
     G = B.shape[1]
-    require(G > 0 and H % G == 0, f"nheads {H} must be divisible by ngroups {G}")
-    require(C.shape == B.shape, f"C must match B {tuple(B.shape)}, got {tuple(C.shape)}")
-    require(D is None or D.shape == (H, P), f"D must be ({H}, {P})")
-    require(dt_bias is None or dt_bias.shape == (H, P), f"dt_bias must be ({H}, {P})")
-    require(z is None or z.shape == x.shape, "z must match x")
-    if out is not None:
-        out_v = out if heads_form else out.unsqueeze(1)
-        require(out_v.shape == x.shape, f"out must match x {tuple(x.shape)}")
-    # Requests, their token rows and their source/destination slots.
+    # Requests, their token rows and their source/destination slots (checked by the contract).
     if cu_seqlens is not None:
-        cu = as_index(cu_seqlens, "cu_seqlens").cpu()
+        cu = cu_seqlens.to(torch.int64)
         R = cu.numel() - 1
-        require(int(cu[0]) == 0 and int(cu[-1]) <= nb, "cu_seqlens must span x's tokens")
     else:
         R = nb
         cu = torch.arange(nb + 1, dtype=torch.int64)
     lens = cu[1:] - cu[:-1]
     Lmax = int(lens.max()) if R > 0 else 0
 
-    def _cols(t: Tensor | None, name: str) -> Tensor | None:
+    def _cols(t: Tensor | None) -> Tensor | None:
         if t is None:
             return None
-        t2 = as_index(t, name)
-        t2 = t2.unsqueeze(1) if t2.dim() == 1 else t2
-        require(t2.dim() == 2 and t2.shape[0] >= R, f"{name} must have at least {R} rows")
-        return t2[:R]
+        t2 = t.to(torch.int64)
+        return (t2.unsqueeze(1) if t2.dim() == 1 else t2)[:R]
 
-    src = _cols(state_batch_indices, "state_batch_indices")
-    dst = _cols(dst_state_batch_indices, "dst_state_batch_indices")
+    src = _cols(state_batch_indices)
+    dst = _cols(dst_state_batch_indices)
     if dst is None:
         dst = src
     spec = num_accepted_tokens is not None
     if spec:
-        require(src is not None, "num_accepted_tokens needs state_batch_indices")
-        assert src is not None and dst is not None
-        require(dst.shape[1] >= Lmax, "dst_state_batch_indices has fewer columns than tokens")
-        assert num_accepted_tokens is not None
-        nacc = as_index(num_accepted_tokens, "num_accepted_tokens").reshape(-1)
-        require(nacc.numel() == R, f"num_accepted_tokens must be ({R},)")
+        assert src is not None and dst is not None and num_accepted_tokens is not None
+        nacc = num_accepted_tokens.to(torch.int64).reshape(-1)
         col = (nacc - 1).clamp(min=0, max=src.shape[1] - 1)
         src_slot = src.gather(1, col[:, None]).reshape(-1)
     elif src is not None:
         src_slot = src[:, 0]
     else:
-        require(R <= nslots, "state has fewer slots than requests")
         src_slot = torch.arange(R, dtype=torch.int64)
     dst_slot = dst[:, 0] if dst is not None else src_slot
-    src_ok = (
-        slot_mask(src_slot, nslots, PAD_SLOT_ID, null_block_id, "state_batch_indices")
-        if src is not None
-        else torch.ones(R, dtype=torch.bool)
-    )
-    dst_ok = (
-        slot_mask(dst_slot, nslots, PAD_SLOT_ID, null_block_id, "dst_state_batch_indices")
-        if dst is not None
-        else torch.ones(R, dtype=torch.bool)
-    )
-    if spec:
-        assert dst is not None
-        dcols = dst[:, :Lmax]
-        ok_cols = (dcols != PAD_SLOT_ID) & (
-            dcols != null_block_id if null_block_id is not None else True
-        )
-        bad = ok_cols & ((dcols < 0) | (dcols >= nslots))
-        require(not bool(bad.any()), "dst_state_batch_indices holds slot ids out of range")
+    all_ok = torch.ones(R, dtype=torch.bool)
+    src_ok = live_slots(src_slot, PAD_SLOT_ID, null_block_id) if src is not None else all_ok
+    dst_ok = live_slots(dst_slot, PAD_SLOT_ID, null_block_id) if dst is not None else all_ok
 
     ctype = compute_dtype(x, state)
     if out is None:

@@ -279,7 +279,7 @@ def _bad(op: str, what: str, p: ConvParams, seed: int, ctx: CaseContext) -> None
         call = partial(_call_fn, ctx.ops, a, "silu")
     else:
         call = partial(_call_update, ctx.ops, a, "silu", None)
-    expect_rejected(ctx.check, call, names, [("conv state", before, a.pool)])
+    expect_rejected(ctx.check, call, names, [("conv state", before, a.pool)], op=op)
 
 
 def make_case(

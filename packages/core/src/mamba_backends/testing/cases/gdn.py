@@ -255,7 +255,7 @@ def _decode(p: GdnParams, dt: torch.dtype, sdt: torch.dtype, seed: int, ctx: Cas
 _BAD = {
     "heads": (CHUNK, ("v", "q", "H", "HV")),
     "g_shape": (CHUNK, ("g",)),
-    "cu_end": (CHUNK, ("cu_seqlens",)),
+    "cu_past_end": (CHUNK, ("cu_seqlens",)),  # ending before T is a legal padded tail
     "h0_shape": (CHUNK, ("initial_state",)),
     "slot_range": (RECUR, ("ssm_state_indices",)),
     "slot_dtype": (RECUR, ("ssm_state_indices",)),
@@ -276,8 +276,8 @@ def _bad(what: str, ctx: CaseContext) -> None:
             g, beta = g[..., :3], beta[..., :3]
         elif what == "g_shape":
             g = g[:, :2]
-        elif what == "cu_end":
-            kw["cu_seqlens"] = f.ints([0, 2])
+        elif what == "cu_past_end":
+            kw["cu_seqlens"] = f.ints([0, 4])
         elif what == "h0_shape":
             kw["initial_state"] = f.randn(2, p.HV, p.V, p.K, dtype=f32)
         call = partial(ctx.ops.chunk_gated_delta_rule, q, k, v, g, beta, **kw)
@@ -294,7 +294,7 @@ def _bad(what: str, ctx: CaseContext) -> None:
             cu_seqlens=f.ints([0, 1, 2, 3]),
             ssm_state_indices=idx,
         )
-    expect_rejected(ctx.check, call, names, [("state", before, pool)])
+    expect_rejected(ctx.check, call, names, [("state", before, pool)], op=op)
 
 
 # ------------------------------------------------------------------ the grid

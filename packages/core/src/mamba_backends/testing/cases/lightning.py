@@ -182,7 +182,7 @@ def _bad(what: str, ctx: CaseContext) -> None:
         if what == "cache_heads":
             cache = pool.view[:, :1]
         call = partial(ctx.ops.linear_decode_forward, q, k, v, cache, s, f.ints(idx))
-    expect_rejected(ctx.check, call, names, [("kv cache", before, pool)])
+    expect_rejected(ctx.check, call, names, [("kv cache", before, pool)], op=op)
 
 
 def make_case(

@@ -267,7 +267,7 @@ def _bad(what: str, seed: int, ctx: CaseContext) -> None:
         a.B = f.randn(p.N + 1, 7, dtype=f32)
     before = a.pool.base.clone()
     call = partial(call_scan, ctx.ops, a, True)
-    expect_rejected(ctx.check, call, _BAD[what], [("ssm_states", before, a.pool)])
+    expect_rejected(ctx.check, call, _BAD[what], [("ssm_states", before, a.pool)], op=SCAN)
 
 
 def make_case(

@@ -227,7 +227,7 @@ def _bad(what: str, seed: int, ctx: CaseContext) -> None:
         a.weight = f.randn(p.dim + 1, p.W, dtype=f32)
     before = a.pool.base.clone()
     call = partial(call_mixer, ctx.ops, a, p.n_dec, len(p.lens_p))
-    expect_rejected(ctx.check, call, _BAD[what], [("conv_state", before, a.pool)])
+    expect_rejected(ctx.check, call, _BAD[what], [("conv_state", before, a.pool)], op=MIXER)
 
 
 def make_case(

@@ -289,7 +289,7 @@ def _bad(what: str, seed: int, ctx: CaseContext) -> None:
             D=a.D, dt_bias=a.dt_bias, initial_states=a.init, dt_softplus=True,
         )  # fmt: skip
 
-    expect_rejected(ctx.check, call, _BAD[what], [])
+    expect_rejected(ctx.check, call, _BAD[what], [], op=SSD)
     ctx.check.require(torch.equal(bits(out), bits(snap)), "out was written before the error")
 
 

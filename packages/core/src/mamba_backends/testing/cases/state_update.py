@@ -220,7 +220,7 @@ def _bad(what: str, seed: int, ctx: CaseContext) -> None:
         a.src = a.dst = a.src.float()
     before = a.state.base.clone()
     call = partial(call_ssu, ctx.ops, a, True)
-    expect_rejected(ctx.check, call, _BAD[what], [("state", before, a.state)])
+    expect_rejected(ctx.check, call, _BAD[what], [("state", before, a.state)], op=SSU)
 
 
 def make_case(

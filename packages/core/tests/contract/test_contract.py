@@ -1,13 +1,17 @@
-"""Tests of the shared argument validators (mamba_backends.validate)."""
+"""Tests of the shared argument contract (mamba_backends.contract)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from _ref_utils import idx
+from torch import Tensor
 
-from mamba_backends import validate as V
+from mamba_backends import contract as V
 from mamba_backends.metadata import compute_chunk_metadata
+
+
+def idx(*values: int) -> Tensor:
+    return torch.tensor(values, dtype=torch.int32)
 
 
 def _conv_fn_args(device: str = "cpu") -> dict:
