@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mamba_backends.bench import baselines as bl
-from mamba_backends.bench.cases import CASES, CaseSpec, shape_label
+from mamba_backends.bench.cases import CASES, CaseSpec, shape_label, table_for
 from mamba_backends.bench.harness import (
     ERROR,
     NOT_IMPLEMENTED,
@@ -218,3 +218,38 @@ def test_vllm_and_hf_adapters_compute_what_the_spec_computes() -> None:
                 assert row["max_rel_diff"] is not None and row["max_rel_diff"] < 0.02, row
                 compared += 1
     assert compared >= 8
+
+
+def test_shape_table_follows_the_device_not_the_platform_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    assert table_for("cpu", quick=False) is CASES["cpu"]["full"]
+    assert table_for(torch.device("cpu"), quick=True) is CASES["cpu"]["quick"]
+    assert table_for("cuda:1", quick=False) is CASES["gpu"]["full"]
+    assert table_for("xpu", quick=False) is CASES["gpu"]["full"]
+    # The built-in reference platform on a CPU: the CPU table, not the GPU one.
+    import mamba_backends.bench.cli as bench_cli
+
+    monkeypatch.setenv("MAMBA_BACKENDS_PLATFORM", "reference")
+    asked: list[tuple[Any, bool]] = []
+
+    def spy(device: Any, quick: bool) -> tuple[CaseSpec, ...]:
+        asked.append((device, quick))
+        return table_for(device, quick)
+
+    monkeypatch.setattr(bench_cli, "table_for", spy)
+    assert main(["bench", "--ops", "no_such_op", "--out", str(tmp_path)]) == 2
+    assert len(asked) == 1 and table_for(*asked[0]) is CASES["cpu"]["full"]
+    assert "no benchmark row" in capsys.readouterr().err
+    assert main(["bench", "--device", "xyz", "--out", str(tmp_path)]) == 2
+    assert "--device 'xyz'" in capsys.readouterr().err
+
+
+def test_backend_override_by_name_or_path_takes_its_own_type() -> None:
+    from mamba_backends.bench.cli import _backend_overrides
+
+    path = f"{REF}.ReferenceMamba1Backend"
+    assert _backend_overrides([path]) == {"mamba1": path}
+    assert _backend_overrides(["reference.gdn"]) == {"gdn": "reference.gdn"}
+    with pytest.raises(ValueError, match="--backend 'no.such.Backend'"):
+        _backend_overrides(["no.such.Backend"])

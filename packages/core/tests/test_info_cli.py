@@ -68,35 +68,9 @@ def test_python_m_info_subprocess():
     assert proc.stdout.startswith("platform :")
 
 
-def test_vllm_routing_section(monkeypatch):
-    import types
-
-    fake = types.ModuleType("mamba_backends_vllm")
-    fake.routing_table = lambda: {  # type: ignore[attr-defined]
-        "summary": "on",
-        "source": "register() ran",
-        "layers": {
-            "mamba2": {
-                "layer_class": "MambaMixer2",
-                "status": "routed",
-                "backend": "cpu.mamba2",
-                "rule": "platform",
-            }
-        },
-    }
-    monkeypatch.setitem(sys.modules, "mamba_backends_vllm", fake)
-    info = collect_info(vllm=True)
-    assert info["vllm"]["layers"]["mamba2"]["backend"] == "cpu.mamba2"
-    text = format_info(info)
-    assert "vllm     : plugin on" in text
-    assert "MambaMixer2" in text and "cpu.mamba2" in text
-    # Not inside a vLLM process and not asked for: no vLLM section.
-    monkeypatch.delitem(sys.modules, "vllm", raising=False)
-    assert "vllm" not in collect_info()
-
-
-def test_vllm_plugin_absent(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mamba_backends_vllm", None)  # import raises ImportError
-    info = collect_info(vllm=True)
-    assert info["vllm"] is None
-    assert "plugin not installed" in format_info(info)
+def test_sections_come_from_entry_points_only(fake_dists):
+    """With no installed package contributing, there is no section at all: core adds none of
+    its own (no vLLM, no vendor)."""
+    info = collect_info()
+    assert info["sections"] == {}
+    assert "vllm     :" not in format_info(info)

@@ -204,3 +204,52 @@ def test_module_attribute_current_platform(fake_dists):
 
     _add(fake_dists, "vcpu", fakecpu="cpu")
     assert mamba_backends.current_platform.name == "fakecpu"
+
+
+SWITCH = """
+from mamba_backends.backend import MambaBackend
+from mamba_backends.platform import Platform
+
+class BackendA(MambaBackend):
+    name = "a.mamba2"
+    mamba_type = "mamba2"
+    ops_module = "mamba_backends.reference.ops"
+
+class BackendB(MambaBackend):
+    name = "b.mamba2"
+    mamba_type = "mamba2"
+    ops_module = "mamba_backends.reference.ops"
+
+class PlatA(Platform):
+    name = "plata"
+    def get_mamba_backend_cls(self, mamba_type, selected_backend):
+        return "switch_mod.BackendA" if mamba_type == "mamba2" else None
+
+class PlatB(Platform):
+    name = "platb"
+    def get_mamba_backend_cls(self, mamba_type, selected_backend):
+        return "switch_mod.BackendB" if mamba_type == "mamba2" else None
+
+def a():
+    return "switch_mod.PlatA"
+
+def b():
+    return "switch_mod.PlatB"
+"""
+
+
+def test_reset_current_platform_forgets_backend_and_ops_caches(fake_dists, monkeypatch):
+    from mamba_backends import MambaBackend, get_mamba_backend, reset_current_platform
+
+    fake_dists("switch", platforms={"plata": "switch_mod:a", "platb": "switch_mod:b"},
+               module=SWITCH)  # fmt: skip
+    monkeypatch.setenv("MAMBA_BACKENDS_PLATFORM", "plata")
+    first = get_mamba_backend("mamba2")
+    assert first.get_name() == "a.mamba2"
+    first.ops()
+    assert first in MambaBackend._ops_cache
+    monkeypatch.setenv("MAMBA_BACKENDS_PLATFORM", "platb")
+    reset_current_platform()
+    assert MambaBackend._ops_cache == {}
+    assert get_current_platform().name == "platb"
+    assert get_mamba_backend("mamba2").get_name() == "b.mamba2"  # not the old platform's

@@ -11,6 +11,7 @@ import mamba_backends.selector as selector_mod
 from mamba_backends import (
     MAMBA_TYPES,
     BackendImportError,
+    BackendTypeError,
     MambaBackend,
     Platform,
     clear_backend_cache,
@@ -21,6 +22,7 @@ from mamba_backends import (
 from mamba_backends.platform import PlatformSelection
 from mamba_backends.reference.backends import (
     ReferenceGDNBackend,
+    ReferenceMamba1Backend,
     ReferenceMamba2Backend,
 )
 
@@ -204,3 +206,56 @@ def test_ops_accessor_missing_function_is_not_implemented():
 
     with pytest.raises(NotImplementedError, match="'test.partial' does not implement"):
         _ = Partial.ops().causal_conv1d_fn
+
+
+def test_selected_backend_of_another_type_is_an_error(use_platform):
+    use_platform({})
+    for selected in (
+        "reference.mamba1",
+        "mamba_backends.reference.backends.ReferenceMamba1Backend",
+    ):
+        with pytest.raises(BackendTypeError) as err:
+            get_mamba_backend("mamba2", selected)
+        msg = str(err.value)
+        assert "'mamba1' backend" in msg and "not a 'mamba2' backend" in msg, msg
+        assert isinstance(err.value, ValueError)
+    # GDN declares linear_attention in also_serves (the seed's route), nothing else.
+    assert get_mamba_backend("linear_attention", "reference.gdn") is ReferenceGDNBackend
+    assert ReferenceGDNBackend.ops().names == ReferenceGDNBackend.op_names()  # its own ops
+    with pytest.raises(BackendTypeError, match="'gdn' backend.*'linear_attention'.*'mamba2'"):
+        get_mamba_backend("mamba2", "reference.gdn")
+    with pytest.raises(BackendTypeError, match="not a 'gdn' backend"):
+        get_mamba_backend("gdn", "reference.linear_attention")
+
+
+def test_also_serves_is_declared_per_backend(use_platform):
+    use_platform({})
+
+    class GdnAlso(MambaBackend):
+        name = "test.gdn_also"
+        mamba_type = "gdn"
+        also_serves = ("linear_attention",)
+
+    class GdnOnly(MambaBackend):
+        name = "test.gdn_only"
+        mamba_type = "gdn"
+
+    assert GdnAlso.serves("linear_attention") and GdnAlso.serves("gdn")
+    assert not GdnOnly.serves("linear_attention") and not GdnAlso.serves("mamba1")
+
+
+def test_platform_backend_of_another_type_falls_back_with_one_warning(use_platform):
+    path = "mamba_backends.reference.backends.ReferenceMamba1Backend"
+    use_platform({"mamba2": path})
+    with pytest.warns(RuntimeWarning, match="'mamba1' backend.*falling back") as rec:
+        choice = select_mamba_backend("mamba2")
+    assert len(rec) == 1
+    assert (choice.backend, choice.rule) == (ReferenceMamba2Backend, "default")
+    assert ReferenceMamba1Backend.mamba_type == "mamba1"
+
+
+def test_clear_backend_cache_clears_the_ops_cache():
+    ReferenceMamba2Backend.ops()
+    assert ReferenceMamba2Backend in MambaBackend._ops_cache
+    clear_backend_cache()
+    assert MambaBackend._ops_cache == {}

@@ -21,9 +21,12 @@ M2 = "vllm.model_executor.layers.mamba.mamba_mixer2"
 @pytest.fixture(autouse=True)
 def clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(_plugin.DISABLE_ENV, raising=False)
+    monkeypatch.delenv(_plugin.SELECT_ENV, raising=False)
     _plugin.unregister()
+    mamba_backends.clear_backend_cache()
     yield
     _plugin.unregister()
+    mamba_backends.clear_backend_cache()
 
 
 @pytest.mark.parametrize(
@@ -194,3 +197,60 @@ def test_moved_seam_leaves_module_untouched_and_native() -> None:
     _plugin._on_import("mamba2")(fake)  # the hook path never raises
     d = _plugin._state.decisions["mamba2"]
     assert d.status == "native" and "seam moved" in d.reason
+
+
+def test_default_map_never_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform that defers (as the CUDA platform does today) leaves every layer native: the
+    default map's answer is the float64 spec, never a serving kernel."""
+    from mamba_backends_cpu.platform import CpuPlatform
+
+    monkeypatch.setattr(CpuPlatform, "get_mamba_backend_cls", lambda self, t, s: None)
+    table = mamba_backends_vllm.routing_table()
+    assert table["summary"] == "on"
+    for mamba_type, layer in table["layers"].items():
+        assert layer["status"] == "native", layer
+        assert layer["rule"] == "default" and layer["backend"] == "", layer
+        assert layer["reason"].startswith(f"no platform backend for {mamba_type}; left native")
+    summary, decisions = _plugin.plan()
+    line = _plugin._format(decisions, summary)
+    assert "MambaMixer2 [mamba2] -> vLLM native (no platform backend for mamba2; left native" in (
+        line
+    )
+    mamba_backends_vllm.register()
+    assert not any(d.patched for d in _plugin._state.decisions.values())
+    from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
+
+    assert not MambaAttentionBackendEnum.MAMBA2.is_overridden()
+    mamba_backends_vllm.unregister()
+    # An explicit selection is the user's call: it serves, even the spec.
+    monkeypatch.setenv(_plugin.SELECT_ENV, "mamba2=reference.mamba2")
+    _, decisions = _plugin.plan()
+    d = decisions["mamba2"]
+    assert (d.status, d.rule, d.backend) == ("routed", "selected", "reference.mamba2"), d
+    assert decisions["mamba1"].status == "native"
+
+
+def test_selected_backend_of_another_type_stays_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_plugin.SELECT_ENV, "mamba2=reference.mamba1")
+    _, decisions = _plugin.plan()
+    d = decisions["mamba2"]
+    assert d.status == "native", d
+    assert "'mamba1' backend" in d.reason and "'mamba2'" in d.reason, d.reason
+
+
+def test_info_section_comes_from_the_plugin_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mamba-backends info --vllm`` is the plugin's own entry point (core names no plugin),
+    and it says why a layer stays native."""
+    from mamba_backends.info import collect_info, format_info, section_names
+    from mamba_backends_cpu.platform import CpuPlatform
+
+    assert "vllm" in section_names()
+    monkeypatch.setattr(CpuPlatform, "get_mamba_backend_cls", lambda self, t, s: None)
+    info = collect_info(sections={"vllm"})
+    section = info["sections"]["vllm"]
+    assert "error" not in section, section
+    layers = section["data"]["routing"]["layers"]
+    assert layers["mamba2"]["status"] == "native"
+    text = format_info(info)
+    assert "vllm     : plugin on" in text
+    assert "no platform backend for mamba2; left native" in text

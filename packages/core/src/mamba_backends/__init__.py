@@ -22,12 +22,13 @@ from mamba_backends.platform import (
 )
 from mamba_backends.selector import (
     DEFAULT_BACKENDS,
+    BackendTypeError,
     clear_backend_cache,
     get_mamba_backend,
     register_backend_name,
     select_mamba_backend,
 )
-from mamba_backends.types import MAMBA_TYPES, NULL_BLOCK_ID, PAD_SLOT_ID, MambaType
+from mamba_backends.types import MAMBA_TYPES, NULL_BLOCK_ID, PAD_SLOT_ID
 
 __version__ = "0.1.0"
 
@@ -38,11 +39,11 @@ __all__ = [
     "OP_NAMES",
     "PAD_SLOT_ID",
     "BackendImportError",
+    "BackendTypeError",
     "MambaBackend",
     "MambaMetadata",
     "MambaMetadataBuilder",
     "MambaOps",
-    "MambaType",
     "Platform",
     "PlatformError",
     "clear_backend_cache",

@@ -95,6 +95,9 @@ class MambaBackend:
     name: ClassVar[str] = ""
     #: One of :data:`mamba_backends.types.MAMBA_TYPES`.
     mamba_type: ClassVar[str] = ""
+    #: Other mamba types this backend may be selected for, with the ops of its own type (the
+    #: seed's route: a GDN backend selected for ``linear_attention``). Empty for most backends.
+    also_serves: ClassVar[tuple[str, ...]] = ()
     #: Activation dtypes the ops accept.
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (
         torch.float32,
@@ -152,10 +155,14 @@ class MambaBackend:
         return cached
 
     @classmethod
-    def supports(cls, dtype: torch.dtype, device: torch.device | str) -> bool:
-        """Whether the ops accept activations of ``dtype`` on ``device``."""
-        device_type = torch.device(device).type
-        return dtype in cls.supported_dtypes and device_type in cls.supported_devices
+    def serves(cls, mamba_type: str) -> bool:
+        """Whether this backend may be selected for ``mamba_type`` (its own or ``also_serves``)."""
+        return mamba_type == cls.mamba_type or mamba_type in cls.also_serves
+
+    @classmethod
+    def clear_ops_cache(cls) -> None:
+        """Forget every backend's cached :class:`MambaOps` (platform switches, plugin reloads)."""
+        MambaBackend._ops_cache.clear()
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
@@ -164,6 +171,7 @@ class MambaBackend:
             "name": cls.get_name(),
             "class": cls.qualname(),
             "mamba_type": cls.mamba_type,
+            "also_serves": list(cls.also_serves),
             "dtypes": [str(d).removeprefix("torch.") for d in cls.supported_dtypes],
             "devices": list(cls.supported_devices),
         }

@@ -5,17 +5,57 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
-from mamba_backends.info import collect_info, format_info
+from mamba_backends.info import collect_info, format_info, section_names
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    info = collect_info(vllm=True if args.vllm else None)
+    requested = set(args.section or ())
+    requested |= {name for name in args.section_flags if getattr(args, f"section_{name}", False)}
+    try:
+        info = collect_info(sections=requested)
+    except ValueError as e:  # an unknown section name
+        sys.stderr.write(f"mamba-backends info: {e}\n")
+        return 2
     out = json.dumps(info, indent=2) if args.json else format_info(info)
     sys.stdout.write(out + "\n")
-    return 0 if all("error" not in b for b in info["backends"].values()) else 1
+    ok = all("error" not in b for b in info["backends"].values())
+    ok = ok and all("error" not in info["sections"].get(name, {}) for name in requested)
+    return 0 if ok else 1
+
+
+def _add_info_parser(sub: argparse._SubParsersAction) -> None:
+    p_info = sub.add_parser(
+        "info",
+        help="platform, device, packages, backend per mamba type, and the installed packages' "
+        "own sections",
+    )
+    p_info.add_argument("--json", action="store_true", help="machine-readable output")
+    names = section_names()
+    p_info.add_argument(
+        "--section",
+        action="append",
+        metavar="NAME",
+        help="also compute this contributed section in full (it may be slow, e.g. import an "
+        f"engine); installed: {', '.join(names) or '(none)'}",
+    )
+    flags = []
+    for name in names:  # --NAME as a shorthand of --section NAME, e.g. --vllm
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", name) or name in ("json", "section", "help"):
+            continue
+        if name in flags:
+            continue
+        flags.append(name)
+        p_info.add_argument(
+            f"--{name}",
+            dest=f"section_{name}",
+            action="store_true",
+            help=f"same as --section {name}",
+        )
+    p_info.set_defaults(func=_cmd_info, section_flags=tuple(flags))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,15 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_info = sub.add_parser("info", help="platform, device, packages and backend per mamba type")
-    p_info.add_argument("--json", action="store_true", help="machine-readable output")
-    p_info.add_argument(
-        "--vllm",
-        action="store_true",
-        help="also show which backend the vLLM plugin routes each vLLM mamba layer to "
-        "(automatic inside a vLLM process; imports vLLM)",
-    )
-    p_info.set_defaults(func=_cmd_info)
+    _add_info_parser(sub)
 
     # Subcommands that live in their own modules, imported only when run.
     from mamba_backends.bench.cli import add_bench_parser

@@ -1,63 +1,177 @@
-"""What ``mamba-backends info`` reports: platform, device, vendor packages, backend per type."""
+"""What ``mamba-backends info`` reports: platform, device, packages, backend per type, and the
+sections that installed packages contribute.
+
+Core names no vendor package and no plugin. They reach ``info`` through two mechanisms:
+
+- **packages**: every installed distribution whose name starts with ``mamba-backends``, or
+  that registers an entry point in one of the ``mamba_backends.*`` groups, is listed with its
+  version (discovered, not listed here);
+- **sections**: the entry-point group :data:`INFO_GROUP` (``mamba_backends.info``). The entry
+  point's name is the section's name; its value is a callable ``section(requested: bool)`` that
+  returns an :class:`InfoSection`, a plain JSON-friendly dict, or None to stay out of this
+  report. ``requested`` is True when the user asked for the section by name
+  (``info --section NAME``, or its shorthand ``info --NAME``); a section that is expensive to
+  compute (one that imports an engine) should do that work only then. The callable must be
+  cheap otherwise.
+
+A section that fails (import error, exception, a result of the wrong type) is reported as an
+error in that section; it never breaks ``info``.
+"""
 
 from __future__ import annotations
 
-import sys
+import inspect
+import logging
+import re
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 import torch
 
+from mamba_backends import _resolve
 from mamba_backends.platform import get_platform_selection
 from mamba_backends.selector import select_mamba_backend
 from mamba_backends.types import MAMBA_TYPES
 
-#: Distributions that make up mamba-backends (the meta package and its members).
-DISTRIBUTIONS = (
-    "mamba-backends",
-    "mamba-backends-core",
-    "mamba-backends-cpu",
-    "mamba-backends-triton",
-    "mamba-backends-cuda",
-    "mamba-backends-rocm",
-    "mamba-backends-xpu",
-    "mamba-backends-vllm",
-)
+logger = logging.getLogger(__name__)
+
+#: Entry-point group through which installed packages contribute ``info`` sections.
+INFO_GROUP = "mamba_backends.info"
+#: Distributions whose (normalised) name starts with this are ours.
+DIST_PREFIX = "mamba-backends"
+#: Entry-point groups whose prefix marks a distribution as part of mamba-backends.
+GROUP_PREFIX = "mamba_backends."
 
 
-def installed_packages() -> dict[str, str]:
-    """Installed mamba-backends distributions and their versions."""
-    found = {}
-    for dist in DISTRIBUTIONS:
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
+@dataclass(frozen=True)
+class InfoSection:
+    """One contributed ``info`` section.
 
-
-def vllm_routing() -> dict[str, Any] | None:
-    """The vLLM plugin's routing table (which backend serves each vLLM mamba layer type).
-
-    None when the plugin is not installed. Inside a vLLM process this is what the plugin did;
-    elsewhere it is the plan it would follow (this imports vLLM).
+    Attributes:
+        data: the JSON-friendly content (what ``info --json`` shows under the section's name).
+        summary: one line shown beside the section's name in the text report.
+        lines: the text report's body, one string per line (indented by ``info``); None renders
+            ``data`` as ``key: value`` lines.
     """
-    try:
-        from mamba_backends_vllm import routing_table  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    try:
-        return dict(routing_table())
-    except Exception as e:  # noqa: BLE001 - report it and keep going
-        return {"summary": f"error: {type(e).__name__}: {e}", "layers": {}}
+
+    data: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    lines: tuple[str, ...] | None = None
 
 
-def collect_info(vllm: bool | None = None) -> dict[str, Any]:
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _is_ours(dist: metadata.Distribution) -> bool:
+    name = dist.metadata["Name"] or ""
+    if _normalise(name).startswith(DIST_PREFIX):
+        return True
+    try:
+        return any(ep.group.startswith(GROUP_PREFIX) for ep in dist.entry_points)
+    except Exception:  # noqa: BLE001 - an unreadable dist-info is not ours to report
+        return False
+
+
+def installed_packages(dists: Iterable[metadata.Distribution] | None = None) -> dict[str, str]:
+    """Installed mamba-backends distributions (core, vendors, plugins) and their versions.
+
+    A distribution is ours when its name starts with ``mamba-backends`` or when it registers an
+    entry point in a ``mamba_backends.*`` group. The first of duplicate installs on the path
+    (the one that imports) wins.
+    """
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    for dist in metadata.distributions() if dists is None else dists:
+        name = dist.metadata["Name"]
+        if not name or _normalise(name) in seen:
+            continue
+        seen.add(_normalise(name))
+        if _is_ours(dist):
+            found[name] = dist.version
+    return dict(sorted(found.items(), key=lambda kv: _normalise(kv[0])))
+
+
+def section_names() -> list[str]:
+    """Names of the installed ``info`` sections (entry points are read, nothing is imported;
+    unreadable metadata gives none rather than breaking the command line)."""
+    try:
+        return [ep.name for ep in _resolve.entry_points(INFO_GROUP)]
+    except Exception:  # collect_sections reports it when asked
+        logger.warning(
+            "mamba-backends info: cannot read %s entry points", INFO_GROUP, exc_info=True
+        )
+        return []
+
+
+def _call(fn: Callable[..., Any], requested: bool) -> Any:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: pass the documented keyword
+        return fn(requested=requested)
+    takes_kw = "requested" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
+    return fn(requested=requested) if takes_kw else fn()
+
+
+def _section(ep: metadata.EntryPoint, requested: bool) -> dict[str, Any] | None:
+    origin = ep.value
+    try:
+        fn = ep.load()
+        if not callable(fn):
+            raise TypeError(f"{origin} is {type(fn).__name__}, not a callable")
+        result = _call(fn, requested)
+        if result is None:
+            return None
+        if isinstance(result, dict):
+            result = InfoSection(data=result)
+        if not isinstance(result, InfoSection):
+            raise TypeError(
+                f"{origin} returned {type(result).__name__}; expected an InfoSection, a dict "
+                "or None"
+            )
+        lines = None if result.lines is None else [str(line) for line in result.lines]
+        return {"summary": str(result.summary), "data": dict(result.data), "lines": lines}
+    except Exception as e:  # noqa: BLE001 - a broken section is reported, never fatal
+        msg = f"{type(e).__name__}: {e}"
+        logger.warning("mamba-backends info: section %r (%s) failed: %s", ep.name, origin, msg)
+        return {"summary": f"error: {msg}", "data": {}, "lines": None, "error": msg}
+
+
+def collect_sections(requested: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+    """Every contributed section, by name: ``{"summary", "data", "lines"[, "error"]}``.
+
+    Sections that return None are left out. ``requested`` names the sections the user asked for;
+    a requested name that no installed package provides raises ``ValueError`` naming the
+    installed ones.
+    """
+    eps = _resolve.entry_points(INFO_GROUP)
+    unknown = sorted(set(requested) - {ep.name for ep in eps})
+    if unknown:
+        available = ", ".join(ep.name for ep in eps) or "(none)"
+        raise ValueError(
+            f"no installed package contributes an info section named "
+            f"{', '.join(map(repr, unknown))}; installed sections: {available}"
+        )
+    sections: dict[str, dict[str, Any]] = {}
+    for ep in eps:
+        if ep.name in sections:  # two packages, one name: the first by entry-point order wins
+            continue
+        out = _section(ep, ep.name in requested)
+        if out is not None:
+            sections[ep.name] = out
+    return sections
+
+
+def collect_info(sections: Collection[str] = ()) -> dict[str, Any]:
     """Everything ``info`` shows, as a JSON-friendly dict.
 
     Args:
-        vllm: include the vLLM plugin's routing table; by default only when vLLM is already
-            imported in this process (``info`` run inside a vLLM process).
+        sections: contributed sections the user asked for by name (see :data:`INFO_GROUP`);
+            the others show what they show unasked.
     """
     sel = get_platform_selection()
     backends: dict[str, Any] = {}
@@ -72,19 +186,37 @@ def collect_info(vllm: bool | None = None) -> dict[str, Any]:
             "class": choice.path,
             "rule": choice.rule,
         }
-    if vllm is None:
-        vllm = "vllm" in sys.modules
-    info: dict[str, Any] = {
+    return {
         "platform": {**sel.platform.describe(), "rule": sel.rule},
         "platform_candidates": list(sel.candidates),
         "platform_skipped": list(sel.skipped),
         "torch": torch.__version__,
         "packages": installed_packages(),
         "backends": backends,
+        "sections": collect_sections(sections),
     }
-    if vllm:
-        info["vllm"] = vllm_routing()
-    return info
+
+
+def _kv_lines(data: dict[str, Any], indent: str = "  ") -> list[str]:
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            lines.append(f"{indent}{key}:")
+            lines += _kv_lines(value, indent + "  ")
+        else:
+            lines.append(f"{indent}{key}: {value}")
+    return lines
+
+
+def format_section(name: str, section: dict[str, Any]) -> list[str]:
+    """Text lines of one collected section."""
+    lines = [f"{name:<9}: {section.get('summary', '')}".rstrip()]
+    body = section.get("lines")
+    if body is None:
+        lines += _kv_lines(section.get("data") or {})
+    else:
+        lines += [f"  {line}" for line in body]
+    return lines
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -108,18 +240,6 @@ def format_info(info: dict[str, Any]) -> str:
             lines.append(f"  {mamba_type:<18} ERROR: {b['error']}")
         else:
             lines.append(f"  {mamba_type:<18} {b['backend']:<28} {b['rule']:<9} {b['class']}")
-    if "vllm" in info:
-        routing = info["vllm"]
-        if routing is None:
-            lines.append("vllm     : plugin not installed (pip install 'mamba-backends[vllm]')")
-        else:
-            lines.append(
-                f"vllm     : plugin {routing.get('summary', '?')}  ({routing.get('source', '')})"
-            )
-            for layer_type, r in routing.get("layers", {}).items():
-                served = r.get("backend") or "-"
-                lines.append(
-                    f"  {layer_type:<18} {r.get('layer_class', ''):<16} {r.get('status', ''):<8} "
-                    f"{served:<22} {r.get('rule') or ''} {r.get('reason') or ''}".rstrip()
-                )
+    for name, section in info.get("sections", {}).items():
+        lines += format_section(name, section)
     return "\n".join(lines)

@@ -204,10 +204,18 @@ def get_current_platform() -> Platform:
 
 
 def reset_current_platform() -> None:
-    """Forget the current platform so that the next use discovers it again."""
+    """Forget the current platform so that the next use discovers it again.
+
+    The backend selection cache and the backends' ops cache are cleared too: they hold the
+    previous platform's choices.
+    """
     global _selection
     with _lock:
         _selection = None
+    # Imported here: the selector imports this module.
+    from mamba_backends.selector import clear_backend_cache
+
+    clear_backend_cache()
 
 
 def __getattr__(name: str) -> Any:

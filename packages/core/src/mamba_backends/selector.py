@@ -3,11 +3,14 @@
 The rules, in order (the seed's priority):
 
 1. ``platform``: ``current_platform.get_mamba_backend_cls(mamba_type, selected_backend)``;
-2. ``selected``: ``selected_backend``, a dotted path or a registered short name;
+2. ``selected``: ``selected_backend``, a dotted path or a registered short name. It must be a
+   backend of ``mamba_type``, or list it in ``also_serves`` (the seed's route: a GDN backend
+   for ``linear_attention``); another type is a :class:`BackendTypeError` naming both;
 3. ``default``: the default map (the reference backends).
 
-Failure policy: a backend the platform chose on its own that fails to import falls back to the
-next rule with one warning; an explicitly selected backend that fails raises.
+Failure policy: a backend the platform chose on its own that fails to import (or serves another
+mamba type) falls back to the next rule with one warning; an explicitly selected backend that
+fails raises.
 """
 
 from __future__ import annotations
@@ -85,6 +88,32 @@ def _resolve_backend(path: str, who: str) -> type[MambaBackend]:
     return obj
 
 
+class BackendTypeError(ValueError):
+    """A backend was chosen for a mamba type that it does not serve."""
+
+
+def _check_serves(backend: type[MambaBackend], mamba_type: str, who: str) -> None:
+    if backend.serves(mamba_type):
+        return
+    serves = ", ".join(repr(t) for t in (backend.mamba_type, *backend.also_serves))
+    raise BackendTypeError(
+        f"{who} is a {backend.mamba_type!r} backend ({backend.qualname()}, serves {serves}), "
+        f"not a {mamba_type!r} backend"
+    )
+
+
+def resolve_selected_backend(selected_backend: str) -> type[MambaBackend]:
+    """The backend class a ``selected_backend`` names (a registered short name or a dotted
+    path), without consulting the platform or checking its mamba type.
+
+    Raises:
+        ValueError: neither a dotted path nor a registered name.
+        TypeError: it resolves to something that is not a :class:`MambaBackend` subclass.
+        BackendImportError: the path will not import.
+    """
+    return _resolve_backend(_selected_path(selected_backend), "selected_backend")
+
+
 def _selected_path(selected_backend: str) -> str:
     names = registered_backend_names()
     if selected_backend in names:
@@ -103,17 +132,21 @@ def _cached_select(mamba_type: str, selected_backend: str | None) -> BackendChoi
     path = platform.get_mamba_backend_cls(mamba_type, selected_backend)
     if path is not None:
         try:
-            return BackendChoice(_resolve_backend(path, "platform backend"), "platform", path)
-        except (BackendImportError, TypeError) as e:
+            backend = _resolve_backend(path, "platform backend")
+            _check_serves(backend, mamba_type, f"platform backend {path!r}")
+            return BackendChoice(backend, "platform", path)
+        except (BackendImportError, TypeError, BackendTypeError) as e:
             msg = (
                 f"mamba-backends: platform {platform.name!r} chose {path!r} for {mamba_type!r} "
-                f"but it failed to load ({e}); falling back"
+                f"but it cannot be used ({e}); falling back"
             )
             logger.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
     if selected_backend is not None:
         path = _selected_path(selected_backend)
-        return BackendChoice(_resolve_backend(path, "selected_backend"), "selected", path)
+        backend = _resolve_backend(path, "selected_backend")
+        _check_serves(backend, mamba_type, f"selected_backend {selected_backend!r}")
+        return BackendChoice(backend, "selected", path)
     path = DEFAULT_BACKENDS[mamba_type]
     return BackendChoice(_resolve_backend(path, "default backend"), "default", path)
 
@@ -127,6 +160,9 @@ def select_mamba_backend(mamba_type: str, selected_backend: str | None = None) -
     Raises:
         ValueError: ``mamba_type`` is unknown (the valid ones are named), or
             ``selected_backend`` is neither a dotted path nor a registered name.
+        BackendTypeError: (a ``ValueError``) ``selected_backend`` is a backend of another
+            mamba type that does not list ``mamba_type`` in its ``also_serves``; both types
+            are named.
         TypeError: ``selected_backend`` is not a string or None, or resolves to something that
             is not a :class:`MambaBackend` subclass.
         BackendImportError: an explicitly selected path will not import (path and cause named).
@@ -147,5 +183,7 @@ def get_mamba_backend(mamba_type: str, selected_backend: str | None = None) -> t
 
 
 def clear_backend_cache() -> None:
-    """Forget every cached selection (tests, plugin reloads)."""
+    """Forget every cached selection and every backend's cached ops (tests, plugin reloads,
+    platform switches: :func:`~mamba_backends.platform.reset_current_platform` calls it)."""
     _cached_select.cache_clear()
+    MambaBackend.clear_ops_cache()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-MambaType = Literal["mamba1", "mamba2", "short_conv", "linear_attention", "gdn"]
-
 #: Every valid mamba type, in a stable order (used in errors, ``info`` and tests).
 MAMBA_TYPES: tuple[str, ...] = ("mamba1", "mamba2", "short_conv", "linear_attention", "gdn")
 

@@ -122,8 +122,13 @@ def test_batch_equals_alone_pad_null_untouched_strided_states() -> None:
         sub = {k: v[..., qsl[i] : qsl[i + 1]] if k in ("u", "delta", "B", "C", "z") else v
                for k, v in inp.items()}  # fmt: skip
         y = _run(sub, alone, idx(0, lens[i]), cache[i : i + 1], has_init[i : i + 1])
-        assert torch.equal(y, out[:, qsl[i] : qsl[i + 1]])
-        assert torch.equal(alone[cache[i]], states[cache[i]])
+        # Computed values: a batch and a sequence alone may round differently by an ulp (torch's
+        # AVX2 and AVX-512 kernels vectorise tensors of different lengths differently), so they
+        # are compared at float64 precision; the canary slots above stay bit-identical.
+        close(y, out[:, qsl[i] : qsl[i + 1]])
+        close(alone[cache[i]], states[cache[i]])
+        other = [s for s in range(slots) if s != int(cache[i])]
+        assert torch.equal(alone[other], before[other])  # alone wrote only its own slot
 
 
 def test_batched_layout_equals_varlen() -> None:

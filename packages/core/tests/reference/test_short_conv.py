@@ -43,7 +43,8 @@ def test_mixed_batch_equals_decode_and_prefill_apart() -> None:
     apart = before.clone()
     y_d = short_conv_mixer(B[:Td], C[:Td], x[:Td], w, b, apart, state_indices_d=idx(5, 1))
     y_p = short_conv_mixer(B[Td:], C[Td:], x[Td:], w, b, apart, qsl_p, si_p, hi_p)
-    assert torch.equal(y, torch.cat([y_d, y_p])) and torch.equal(states, apart)
+    close(y, torch.cat([y_d, y_p]), torch.float32)  # computed: up to rounding
+    close(states, apart, torch.float32)
     assert bool((y[Td + 4] == 0).all())  # prefill on the null block: skipped, zero output
     keep = [0, 2, 4, 6]
     assert torch.equal(states[keep], before[keep])

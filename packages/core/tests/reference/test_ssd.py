@@ -108,7 +108,8 @@ def test_batch_equals_sequences_alone_and_out_outside_untouched() -> None:
             for k, v in a.items()
         }
         o, s, _ = _ssd(sub, [n], 4, init[b : b + 1])
-        assert torch.equal(o, out[start : start + n]) and torch.equal(s[0], states[b])
+        close(o, out[start : start + n])  # computed: equal up to rounding, not bit for bit
+        close(s[0], states[b])
         start += n
 
 

@@ -95,7 +95,8 @@ def test_mamba1_form_equals_heads_form_with_one_head() -> None:
     o_h, o_1 = torch.zeros(T, 1, dim, dtype=F64), torch.zeros(T, dim, dtype=F64)
     _ssu(s_heads, a, o_h, state_batch_indices=idx(3, 1, 2))
     _ssu(s_m1, m1, o_1, state_batch_indices=idx(3, 1, 2))
-    assert torch.equal(o_h[:, 0], o_1) and torch.equal(s_heads[:, 0], s_m1)
+    close(o_h[:, 0], o_1)  # different shapes: equal up to rounding, not bit for bit
+    close(s_heads[:, 0], s_m1)
 
 
 def test_decode_steps_equal_ssd_prefill() -> None:

@@ -41,6 +41,7 @@ class CpuGDNBackend(_CpuBackend):
 
     name = "cpu.gdn"
     mamba_type = "gdn"
+    also_serves = ("linear_attention",)  # the seed's route (selected for linear_attention)
     chunk_size = 64
 
 

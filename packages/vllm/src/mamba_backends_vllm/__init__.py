@@ -3,7 +3,9 @@
 ``pip install mamba-backends[cpu,vllm]`` makes vLLM serve Mamba1, Mamba2, LFM2 short-conv and
 (on CPU) Qwen3-Next gated-delta-net layers through the backend that
 :func:`mamba_backends.get_mamba_backend` selects for the current platform, with nothing in vLLM
-edited. See the package README and :mod:`.seams`.
+edited. It never serves the executable spec: a layer type that no platform backend and no
+explicit selection (``MAMBA_BACKENDS_VLLM_BACKENDS``) covers stays native. See the package
+README and :mod:`.seams`.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Everything vLLM-specific that is touched is listed in :mod:`mamba_backends_vllm.seams`.
 
+A layer is routed only to a backend that the current platform chose or that the user selected
+(:data:`SELECT_ENV`); a mamba type that only the default map answers (the executable spec)
+stays native, and the routing table says so.
+
 Routing works in two steps, both re-entrant:
 
 1. ``register_backend(MambaAttentionBackendEnum.<member>, <our class path>, is_mamba=True)``:
@@ -41,6 +45,11 @@ DISABLE_ENV = "MAMBA_BACKENDS_VLLM_DISABLE"
 #: ``mamba2=cpu.mamba2,mamba1=my.pkg.Backend``: the ``selected_backend`` passed per mamba type
 #: (the platform's own choice still comes first, as in ``get_mamba_backend``).
 SELECT_ENV = "MAMBA_BACKENDS_VLLM_BACKENDS"
+
+#: Selector rules whose backend may serve a layer: the platform's own choice, or the user's
+#: explicit selection. The ``default`` rule (the executable spec) never serves: that layer stays
+#: native.
+SERVING_RULES: frozenset[str] = frozenset({"platform", "selected"})
 
 #: Our attention backend class per ``MambaAttentionBackendEnum`` member.
 ATTENTION_BACKENDS: dict[str, str] = {
@@ -158,8 +167,18 @@ def _decide(route: KernelRoute, device_type: str, selected: str | None) -> Route
     except Exception as e:  # noqa: BLE001 - never break vLLM
         d.reason = f"backend selection failed: {type(e).__name__}: {e}"
         return d
+    d.rule = choice.rule
+    if choice.rule not in SERVING_RULES:
+        # Only the default map answered: that is the executable spec (float64, loop level), a
+        # test oracle and never a serving kernel. vLLM's own kernel stays.
+        d.reason = (
+            f"no platform backend for {route.mamba_type}; left native (the default map would give "
+            f"{choice.backend.get_name()}; select a backend with "
+            f"{SELECT_ENV}={route.mamba_type}=<name>)"
+        )
+        return d
     backend = choice.backend
-    d.backend, d.backend_class, d.rule = backend.get_name(), choice.path, choice.rule
+    d.backend, d.backend_class = backend.get_name(), choice.path
     d.backend_cls = backend
     if device_type not in backend.supported_devices:
         d.reason = f"{d.backend} does not run on device {device_type!r}"

@@ -1,6 +1,6 @@
 """The benchmark rows, as data: op, mamba type, shape (from real models), baselines, dtype.
 
-Tables are keyed by platform name (``"cpu"``; accelerators fall back to ``"gpu"``) and by size
+Tables are keyed by device type (``"cpu"``; accelerators fall back to ``"gpu"``) and by size
 (``"full"``, ``"quick"`` for CI smoke). Shapes:
 
 - Mamba2 130M-class layer (CPU): H=24, P=64, N=128, G=1, conv dim 1792 (= 1536 + 2*128), W=4;
@@ -189,7 +189,10 @@ CASES: dict[str, dict[str, tuple[CaseSpec, ...]]] = {
 }
 
 
-def table_for(platform: str, quick: bool) -> tuple[CaseSpec, ...]:
-    """The rows for ``platform`` (accelerators without a table of their own use ``"gpu"``)."""
-    key = platform if platform in CASES else ("cpu" if platform == "cpu" else "gpu")
+def table_for(device: str | torch.device, quick: bool) -> tuple[CaseSpec, ...]:
+    """The rows for the device the bench runs on (``"cpu"``, ``"cuda:1"``, ...), whatever the
+    platform is called: a platform without kernels of its own (``reference``) on a CPU gets
+    the CPU shapes. Accelerators without a table of their own use ``"gpu"``."""
+    device_type = torch.device(device).type
+    key = device_type if device_type in CASES else "gpu"
     return CASES[key]["quick" if quick else "full"]

@@ -85,7 +85,7 @@ def add_bench_parser(sub: Any) -> None:
 
 
 def _backend_overrides(values: list[str]) -> dict[str, str]:
-    from mamba_backends.selector import registered_backend_names, select_mamba_backend
+    from mamba_backends.selector import registered_backend_names, resolve_selected_backend
     from mamba_backends.types import MAMBA_TYPES
 
     names = registered_backend_names()
@@ -104,23 +104,19 @@ def _backend_overrides(values: list[str]) -> dict[str, str]:
                 )
             out[mamba_type] = name
             continue
-        found = False
-        for mamba_type in MAMBA_TYPES:
-            try:
-                backend = select_mamba_backend(mamba_type, v).backend
-            except (TypeError, ValueError, ImportError) as e:
-                raise ValueError(f"--backend {v!r}: {e}") from e
-            if backend.mamba_type == mamba_type:
-                out[mamba_type] = v
-                found = True
-        if not found:
+        try:
+            backend = resolve_selected_backend(v)
+        except (TypeError, ValueError, ImportError) as e:
+            raise ValueError(f"--backend {v!r}: {e}") from e
+        if backend.mamba_type not in MAMBA_TYPES:
             raise ValueError(f"--backend {v!r}: it serves none of the mamba types")
+        out[backend.mamba_type] = v  # its own type's rows: those are the ops it has
     return out
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from mamba_backends.platform import get_current_platform
-    from mamba_backends.selector import get_mamba_backend
+    from mamba_backends.selector import select_mamba_backend
 
     if args.threads is not None:
         if args.threads < 1:
@@ -134,7 +130,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     except ValueError as e:
         sys.stderr.write(f"mamba-backends bench: {e}\n")
         return 2
-    specs = select(table_for(platform.name if device == "cpu" else device, args.quick), args.ops)
+    try:
+        table = table_for(device, args.quick)
+    except RuntimeError as e:  # torch.device() rejects the string
+        sys.stderr.write(f"mamba-backends bench: --device {device!r}: {e}\n")
+        return 2
+    specs = select(table, args.ops)
     if not specs:
         sys.stderr.write(f"no benchmark row matches --ops {' '.join(args.ops)}\n")
         return 2
@@ -152,14 +153,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     def ours_for(mamba_type: str, op: str) -> Impl:
         try:
-            backend = get_mamba_backend(mamba_type, overrides.get(mamba_type))
+            choice = select_mamba_backend(mamba_type, overrides.get(mamba_type))
         except Exception as e:  # noqa: BLE001 - a row, not a crash
             return Impl("ours", None, unavailable=f"{type(e).__name__}: {e}")
+        backend = choice.backend
         backends[mamba_type] = backend.qualname()
-        if mamba_type not in overrides and backend.ops_module.startswith(
-            "mamba_backends.reference"
-        ):
-            # The spec against the baselines is not "ours", and at full shapes takes minutes.
+        if choice.rule == "default":
+            # Only the default map answered: the spec against the baselines is not "ours", and
+            # at full shapes takes minutes.
             return Impl(
                 backend.get_name(),
                 None,

@@ -1,7 +1,11 @@
 """Reference backends: the executable spec served as a backend of last resort.
 
-They run anywhere torch runs (float64 internally, loop level, slow) and are what the default
-map points at when no platform claims a mamba type.
+The spec's ops run wherever torch runs (float64 internally, loop level, slow), and the
+conformance kit calls them directly (:mod:`mamba_backends.reference.ops`) as the oracle on any
+device. As *backends* they declare only the CPU: a float64 loop with per-token host
+round-trips is a test oracle there, not a serving backend on an accelerator, and the spec reads
+index values, so it cannot trace on ``meta`` either. They are what the default map points at
+when no platform claims a mamba type; the vLLM plugin never routes a layer to the default map.
 """
 
 from __future__ import annotations
@@ -10,11 +14,9 @@ import torch
 
 from mamba_backends.backend import MambaBackend
 
-_ALL_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "npu", "meta")
-
 
 class _ReferenceBackend(MambaBackend):
-    supported_devices = _ALL_DEVICES
+    supported_devices = ("cpu",)
     supported_dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
     supported_state_dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
     ops_module = "mamba_backends.reference.ops"
@@ -47,6 +49,8 @@ class ReferenceGDNBackend(_ReferenceBackend):
 
     name = "reference.gdn"
     mamba_type = "gdn"
+    #: The seed's route: ``get_mamba_backend("linear_attention", "reference.gdn")``.
+    also_serves = ("linear_attention",)
     chunk_size = 64
 
 

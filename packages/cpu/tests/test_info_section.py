@@ -1,0 +1,43 @@
+"""The CPU package's ``info`` section (entry point ``mamba_backends.info`` -> ``cpu-native``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mamba_backends.info import collect_info, format_info, section_names
+from mamba_backends_cpu import _info
+
+
+def _lib(active: bool, reason: str | None, cached: bool = False) -> dict:
+    return {"active": active, "reason": reason, "cached": cached, "compiler": "cc 12",
+            "march": "native", "openmp": "libgomp", "cache": "/c/mb_ssm_0.so"}  # fmt: skip
+
+
+def test_registered_and_shown_by_info() -> None:
+    assert "cpu-native" in section_names()
+    info = collect_info()
+    section = info["sections"]["cpu-native"]
+    assert "error" not in section, section
+    assert "cpu-native: native kernels" in format_info(info)
+
+
+@pytest.mark.parametrize(
+    ("libs", "summary", "line"),
+    [
+        ({"ssm": _lib(True, None)}, "native kernels active", "ssm    active"),
+        ({"ssm": _lib(False, "not built yet", cached=True)}, "native kernels available",
+         "ssm    built (cached), loads at first use"),
+        ({"ssm": _lib(True, None), "conv": _lib(False, "no C compiler")},
+         "native kernels unavailable for conv; the PyTorch fallback serves",
+         "conv   no C compiler; the PyTorch fallback serves"),
+    ],
+)  # fmt: skip
+def test_summary_says_whether_and_why(monkeypatch, libs, summary, line) -> None:
+    from mamba_backends_cpu import native
+
+    monkeypatch.setattr(native, "status", lambda: libs)
+    section = _info.info_section()
+    assert section.summary.startswith(summary)
+    assert line in section.lines
+    assert "cache    : /c" in section.lines
+    assert section.data == {"libraries": libs}
