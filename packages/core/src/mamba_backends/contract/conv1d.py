@@ -12,7 +12,7 @@ from mamba_backends.contract.generic import (
     FLAG_DTYPES,
     FLOAT_DTYPES,
     INDEX_DTYPES,
-    check_no_alias,
+    check_no_aliases,
     check_offsets,
     check_optional_vector,
     check_slot_indices,
@@ -57,7 +57,7 @@ def check_causal_conv1d_fn_args(
     dim, total = x.shape
     dev = x.device
     _check_weights_and_state(op, dim, weight, bias, "conv_states", conv_states, dev)
-    check_no_alias(op, "conv_states", conv_states, {"x": x, "weight": weight, "bias": bias})
+    check_no_aliases(op, {"conv_states": conv_states}, {"x": x, "weight": weight, "bias": bias})
     normalize_activation(op, activation)
     values = values_enabled(check_values, query_start_loc, cache_indices, has_initial_state)
     check_tensor(op, "query_start_loc", query_start_loc, device=dev)
@@ -105,10 +105,10 @@ def check_causal_conv1d_update_args(
         check_tensor(op, "out", out, shape=tuple(x.shape), dtypes=(x.dtype,), device=dev)
     target_name, target = ("out", out) if out is not None else ("x", x)
     check_writable(op, target_name, target)
-    reads = {"x": x, "weight": weight, "bias": bias, "conv_state": conv_state}
-    check_no_alias(op, target_name, target, {k: v for k, v in reads.items() if k != target_name},
-                   allow_same=("x",))  # fmt: skip
-    check_no_alias(op, "conv_state", conv_state, {"x": x, "weight": weight, "bias": bias})
+    check_no_aliases(
+        op, {target_name: target, "conv_state": conv_state},
+        {"x": x, "weight": weight, "bias": bias}, allow_same={target_name: ("x",)},
+    )  # fmt: skip
     values = values_enabled(check_values, conv_state_indices, num_accepted_tokens, query_start_loc)
     num_slots, state_len = conv_state.shape[0], conv_state.shape[2]
     if varlen:

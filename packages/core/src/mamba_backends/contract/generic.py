@@ -94,7 +94,7 @@ def check_tensor(
         if t.dim() not in allowed:
             dims = " or ".join(map(str, allowed))
             raise fail(op, name, f"must have {dims} dims, got shape {tuple(t.shape)}")
-    if shape is not None:
+    if shape is not None and t.shape != shape:  # torch.Size == tuple: the fast, common case
         if t.dim() != len(shape) or any(
             s is not None and s != got for s, got in zip(shape, t.shape, strict=True)
         ):
@@ -117,7 +117,10 @@ def check_optional_vector(
 
 def check_writable(op: str, name: str, t: Tensor) -> None:
     """A tensor the op writes may have any strides, but no zero stride on a real axis."""
-    for size, stride in zip(t.shape, t.stride(), strict=True):
+    strides = t.stride()
+    if 0 not in strides:
+        return
+    for size, stride in zip(t.shape, strides, strict=True):
         if size > 1 and stride == 0:
             raise fail(
                 op, name, f"is written in place and must not be expanded (strides {t.stride()})"
@@ -217,6 +220,35 @@ def check_no_alias(
         raise fail(op, name, f"is written by the op and {how} argument '{other_name}'")
 
 
+def check_no_aliases(
+    op: str,
+    writes: Mapping[str, Tensor | None],
+    reads: Mapping[str, Tensor | None],
+    *,
+    allow_same: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """Each tensor of ``writes`` shares no memory with the ``reads`` nor with the other
+    ``writes`` (``allow_same[w]`` names the tensors that ``w`` may be exactly: in place).
+
+    The same rule as :func:`check_no_alias` once per written tensor, decided first from one
+    storage pointer per tensor: when no written tensor's storage holds anything else (the
+    common case: inputs may share buffers among themselves), nothing more is looked at.
+    """
+    ptrs: dict[str, int] = {}
+    for name, t in (*reads.items(), *writes.items()):
+        if t is not None and name not in ptrs:
+            ptrs[name] = t.untyped_storage().data_ptr()
+    counts: dict[int, int] = {}
+    for v in ptrs.values():
+        counts[v] = counts.get(v, 0) + 1
+    allow = allow_same or {}
+    for name, t in writes.items():
+        if t is None or counts[ptrs[name]] == 1:
+            continue  # alone in its storage
+        others = {**reads, **{k: v for k, v in writes.items() if k != name}}
+        check_no_alias(op, name, t, others, allow_same=allow.get(name, ()))
+
+
 # --------------------------------------------------------------------------------------------
 # Offsets and slot indices (value checks)
 # --------------------------------------------------------------------------------------------
@@ -275,7 +307,7 @@ def check_slot_indices(
     n = indices.numel()
     if not check_values or n == 0:
         return
-    v = indices.detach().reshape(-1)
+    v = indices if indices.dim() == 1 else indices.reshape(-1)
     if n <= _SMALL_INDEX_COUNT:
         # Decode batches: a host list and a set cost microseconds, torch ops tens of them.
         vals = v.tolist()

@@ -8,7 +8,7 @@ from torch import Tensor
 from mamba_backends.contract.generic import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
-    check_no_alias,
+    check_no_aliases,
     check_offsets,
     check_slot_indices,
     check_tensor,
@@ -62,11 +62,10 @@ def check_selective_state_update_args(
     for name, v in (("z", z), ("out", out)):
         if v is not None:
             check_tensor(op, name, v, shape=xs, dtypes=FLOAT_DTYPES, device=dev)
-    reads = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias, "z": z}
-    check_no_alias(op, "state", state, {**reads, "out": out})
     if out is not None:
         check_writable(op, "out", out)
-        check_no_alias(op, "out", out, reads, allow_same=("x", "z"))
+    reads = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias, "z": z}
+    check_no_aliases(op, {"state": state, "out": out}, reads, allow_same={"out": ("x", "z")})
     values = values_enabled(
         check_values, state_batch_indices, dst_state_batch_indices, num_accepted_tokens, cu_seqlens
     )

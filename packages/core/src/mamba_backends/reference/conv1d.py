@@ -28,9 +28,14 @@ validate_data=False) -> out``
 A sequence whose slot in ``cache_indices`` is ``pad_slot_id`` or ``null_block_id`` (``None``
 disables it), or that has no tokens, is skipped: its state is not read or written and its
 output columns are zero here (vLLM leaves them uninitialised, so callers must not read them).
-A sequence without initial state starts from zero columns; if it is shorter than ``W-1``
-tokens, its new state keeps those leading zeros (or initial-state columns) in front of its
-tokens.
+A sequence without initial state starts from zero columns, and its slot is **never read**
+(vLLM reuses freed blocks: the slot may hold anything, NaN included, and none of it may reach
+an output or a state); if it is shorter than ``W-1`` tokens, its new state keeps those leading
+zeros (or initial-state columns) in front of its tokens. Zero-length sequences (anywhere in the
+batch, every one included) and a padded tail (``query_start_loc[-1] < T``: zero output columns)
+are legal. Every state is read before any is written. NaN and inf in the inputs propagate as
+the float64 formulas give them (``silu(-inf)`` is NaN, as torch computes it); the zero columns of
+skipped sequences and of the tail stay zero whatever ``x`` holds there.
 
 ``causal_conv1d_update(x, conv_state, weight, bias=None, activation=None,
 conv_state_indices=None, num_accepted_tokens=None, query_start_loc=None, max_query_len=-1,

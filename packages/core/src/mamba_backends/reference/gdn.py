@@ -62,14 +62,21 @@ def fused_gdn_gating(
 
     Shapes: ``A_log, dt_bias: [HV]``; ``a, b: [T, HV]`` (one row per token).
     ``softplus(x) = log(1 + exp(beta * x)) / beta``, and ``x`` itself where
-    ``beta * x > threshold`` (torch's and vLLM's rule).
+    ``beta * x > threshold`` (torch's and vLLM's rule). The logarithm is the exact value for
+    every finite input, whatever the threshold: it is evaluated as
+    ``max(y, 0) + log1p(exp(-|y|))`` with ``y = beta * x``, which never overflows
+    (``log1p(exp(y))`` itself overflows once ``y`` passes the exponent range, 88 in fp32, 11 in
+    fp16, 709 here). Everything is computed in float64 from the inputs' values, whatever their
+    dtype; only ``g`` is rounded, to float32, at the end. NaN in any input gives NaN.
 
     Returns ``(g, beta_output)``, both ``[1, T, HV]``: ``g`` in float32, ``beta_output`` in
     ``b.dtype`` (as vLLM's ``fused_gdn_gating`` and ``fused_gdn_gating_cpu``).
     """
     check_fused_gdn_gating_args(A_log, a, b, dt_bias, beta, threshold)
     x = a.to("cpu", _F64) + dt_bias.to("cpu", _F64)  # [T, HV]
-    softplus = torch.where(beta * x > threshold, x, torch.log1p(torch.exp(beta * x)) / beta)
+    y = beta * x
+    log1p_exp = y.clamp(min=0.0) + torch.log1p(torch.exp(-y.abs()))
+    softplus = torch.where(y > threshold, x, log1p_exp / beta)
     g = -torch.exp(A_log.to("cpu", _F64)) * softplus
     s = 1.0 / (1.0 + torch.exp(-b.to("cpu", _F64)))
     g, s = g[None], s[None]

@@ -23,11 +23,16 @@ Per sequence, channel ``d``, state index ``n`` and token ``t`` (float64)::
     y     = sum_n C[g(d), n, t] * h[n] + D[d] * u[d, t]
     y     = y * silu(z[d, t])                                  if z is given
 
-``h`` starts from ``ssm_states[slot]`` when ``has_initial_state[b]``, else from zero; its final
-value is written to ``ssm_states[slot]`` in the state's dtype. The output is written in place
-into ``z`` when given, else into ``delta`` (as vLLM does), and that tensor is returned. With
-``z``, vLLM's kernel also leaves the ungated ``y`` in ``delta``; the spec does the same, but
-callers must treat ``delta`` as clobbered, not as a result.
+``h`` starts from ``ssm_states[slot]`` when ``has_initial_state[b]``, else from zero, and then
+the slot is **never read** (it may hold anything, NaN included); its final value is written to
+``ssm_states[slot]`` in the state's dtype. Every state is read before any is written. NaN and
+inf in the inputs propagate as the float64 formulas give them (``softplus(-inf) = 0``, so
+``0 * inf`` is NaN; ``silu(-inf)`` is NaN). Zero-length sequences and a padded tail
+(``query_start_loc[-1] < T``; the tail's columns are left as they were) are legal.
+The output is written in place into ``z`` when given, else into ``delta`` (as vLLM does),
+and that tensor is returned. With ``z``, vLLM's kernel also leaves the ungated ``y`` in
+``delta``; the spec does the same, but callers must treat ``delta`` as clobbered, not as a
+result.
 Sequences whose slot is ``null_block_id`` (``None`` disables it) or ``PAD_SLOT_ID``, and
 sequences with no tokens, are skipped: their state is untouched and their output columns keep
 their old values.

@@ -41,6 +41,18 @@ skipped: no state is read or written, and its rows of ``out`` are left as they w
 kernel computes them from a zero state; callers must not read them). A destination slot that is
 null/pad is not written. Requests without tokens are skipped.
 
+Order of reads and writes: **every state read happens before any state write**, as a GPU
+kernel that runs all requests at once behaves. A request's destination slot may be another
+request's source (chains ``1 -> 2 -> 3``, swaps ``1 <-> 2``: copy-on-write blocks do this): the
+other request still starts from the slot's old value. Destinations are distinct. Likewise every
+input row is read before ``out`` is written, so ``out`` may be ``x`` (or ``z``) itself, varlen
+form included: no request ever reads a row that holds an output.
+
+Zero-length requests (``cu_seqlens[r] == cu_seqlens[r+1]``, anywhere, at the end included) and
+a padded tail (``cu_seqlens[-1] < T``: the tail rows of ``out`` are left as they were) are
+legal. NaN and inf propagate as the float64 formulas above give them (e.g. ``silu(-inf)`` is
+NaN, as torch computes it); a slot that no request reads may hold anything, NaN included.
+
 ``out`` is written in place and returned; when omitted a new tensor like ``x`` is returned (as
 vLLM's CPU op does; its Triton op requires ``out``). ``is_blackwell`` and
 ``cache_philox_rounds`` are tuning knobs without effect on the math;

@@ -4,6 +4,14 @@ A :class:`Case` is one self-contained check of one op (its ``op``) of a backend:
 inputs twice from one seed (on the backend's device, and on the CPU for the spec), calls the
 backend's op and the spec's, and records comparisons in a :class:`Check`. :func:`run_case`
 turns that into a :class:`CaseResult` (pass / fail / not_implemented / error / skipped).
+
+Comparison (:meth:`Check.close`) is NaN-aware, elementwise against the spec's output:
+
+- spec NaN  <=> backend NaN, at the same positions (a finite or infinite value where the spec
+  is NaN fails, and so does a NaN where the spec is not);
+- spec +/-inf: the backend gives the same infinity (sign included);
+- spec finite: the backend is finite and within the case's tolerance
+  (``|a - e| <= atol + rtol * |e|``, see :mod:`mamba_backends.testing.tolerances`).
 """
 
 from __future__ import annotations
@@ -61,7 +69,12 @@ class Check:
             self.fail(message)
 
     def close(self, what: str, actual: Any, expected: Tensor) -> None:
-        """``actual`` matches ``expected`` within the case's tolerance (shape included)."""
+        """``actual`` matches ``expected`` (shape included), NaN-aware.
+
+        Elementwise: where the spec is NaN, ``actual`` must be NaN; where the spec is +/-inf,
+        ``actual`` must be the same infinity; where the spec is finite, ``actual`` must be
+        finite and within the case's tolerance. ``expected`` is the spec's output.
+        """
         if not isinstance(actual, Tensor):
             self.fail(f"{what}: expected a tensor, got {type(actual).__name__}")
             return
@@ -72,9 +85,7 @@ class Check:
             return
         a = actual.detach().to("cpu", torch.float64)
         e = expected.detach().to("cpu", torch.float64)
-        bad = torch.isfinite(e) & ~torch.isfinite(a)
-        if bool(bad.any()):
-            self.fail(f"{what}: {int(bad.sum())} non-finite values where the spec is finite")
+        if not self._same_nonfinite(what, a, e):
             return
         err = torch.where(torch.isfinite(e), (a - e).abs(), torch.zeros_like(a))
         ratio = err / (self.tol.atol + self.tol.rtol * e.abs())
@@ -89,6 +100,24 @@ class Check:
                 f"{float(a.reshape(-1)[worst]):.6g}, spec {float(e.reshape(-1)[worst]):.6g} "
                 f"({r:.2f}x the tolerance atol={self.tol.atol:g} rtol={self.tol.rtol:g})"
             )
+
+    def _same_nonfinite(self, what: str, a: Tensor, e: Tensor) -> bool:
+        """NaN exactly where the spec has NaN, and the spec's infinities (signs included)."""
+        a_nan, e_nan = torch.isnan(a), torch.isnan(e)
+        e_inf = torch.isinf(e)
+        rules = (
+            (e_nan & ~a_nan, "finite/inf values where the spec is NaN"),
+            (a_nan & ~e_nan, "NaN values where the spec is not NaN"),
+            (e_inf & (a != e) & ~a_nan, "values that differ from the spec's +/-inf"),
+            (torch.isfinite(e) & torch.isinf(a), "infinite values where the spec is finite"),
+        )
+        for bad, message in rules:
+            if bool(bad.any()):
+                first = tuple(int(i) for i in bad.nonzero()[0])
+                at = f"{float(a[first]):.6g} vs spec {float(e[first]):.6g}"
+                self.fail(f"{what}: {int(bad.sum())} {message} (first at {first}: {at})")
+                return False
+        return True
 
     def dtype(self, what: str, actual: Any, dtype: torch.dtype) -> None:
         if isinstance(actual, Tensor) and actual.dtype != dtype:

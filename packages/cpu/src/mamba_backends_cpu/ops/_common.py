@@ -6,6 +6,8 @@ Argument checking is not here: every op calls the shared contract
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -36,3 +38,31 @@ def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
         if t is not None and t.dtype == torch.float64:
             return torch.float64
     return torch.float32
+
+
+def all_finite(*tensors: Tensor | None) -> bool:
+    """Whether every element of ``tensors`` is finite: one summing pass each (NaN and inf
+    survive a sum; ``isfinite`` costs ~20x more). A sum that overflows counts as not finite,
+    which only sends the caller down its slower exact path."""
+    total = 0.0
+    for t in tensors:
+        if t is not None and t.numel():
+            acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+            total += float(t.sum(dtype=acc))
+    return math.isfinite(total)
+
+
+#: Below this a float64 ``exp`` is exactly 0 (the spec computes in float64).
+SPEC_EXP_ZERO = -745.13
+
+
+def spec_exp(x: Tensor) -> Tensor:
+    """``exp(x)`` in ``x.dtype``, but zero only where the spec's float64 ``exp`` is zero: a
+    result that underflows to 0 only in fp32 becomes the smallest positive value, so that
+    ``inf * decay`` stays inf as in the spec (and ``inf * 0`` is NaN exactly where it is
+    NaN there). For the exact (NaN/inf) paths; finite values differ by < 1e-38."""
+    e = torch.exp(x)
+    if x.dtype == torch.float64:
+        return e
+    tiny = torch.finfo(x.dtype).tiny
+    return torch.where((e == 0) & (x >= SPEC_EXP_ZERO), torch.full_like(e, tiny), e)

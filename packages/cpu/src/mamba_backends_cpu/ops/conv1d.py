@@ -102,6 +102,17 @@ def _varlen_conv(
     return out, final
 
 
+def _like_x(y: Tensor, x: Tensor) -> Tensor:
+    """``y`` in the layout of ``torch.empty_like(x)`` (vLLM's result layout), copied if needed."""
+    if y.stride() == x.stride() or y.dim() != 2:
+        return y
+    res = torch.empty_like(x)
+    if res.stride() == y.stride():
+        return y
+    res.copy_(y)
+    return res
+
+
 def _native_lib(weight: Tensor, *tensors: Tensor | None) -> ctypes.CDLL | None:
     """The native conv library when it can run these tensors, else None."""
     if weight.shape[-1] > _native_conv.MAX_WIDTH or not _native_conv.supported(*tensors):
@@ -124,6 +135,7 @@ def _fn_native(
 ) -> Tensor:
     """Prefill in the C kernel (arguments checked); returns ``(dim, T)``, channel-last."""
     dim, T = x.shape
+    x_in = x
     if x.stride(0) != 1 and dim > 1:
         x = x.t().contiguous().t()  # channel-last: the kernel vectorises over channels
     yT = torch.empty(T, dim, dtype=x.dtype)
@@ -138,7 +150,7 @@ def _fn_native(
         null_block_id if cache_indices is not None else None,
         zero_skipped=True, split=True, mode=0,
     )  # fmt: skip
-    return yT.t()
+    return _like_x(yT.t(), x_in)
 
 
 def _update_native(
@@ -234,14 +246,14 @@ def causal_conv1d_fn(
     qsl = query_start_loc.to(torch.int64)
     Bn = qsl.numel() - 1
     Tv = int(qsl[-1])
-    if Tv < T:
+    if Tv < T or Tv == 0:
         # A padded tail: the tokens past the last sequence are padding; their outputs are zero.
-        y = causal_conv1d_fn(
-            x[:, :Tv], weight, bias, conv_states, query_start_loc, cache_indices,
-            has_initial_state, activation, pad_slot_id, null_block_id,
-        )  # fmt: skip
-        full = torch.zeros(T, dim, dtype=x.dtype).t() if y.stride(0) == 1 else x.new_zeros(dim, T)
-        full[:, :Tv] = y
+        full = torch.zeros_like(x)  # x's layout, as vLLM's empty_like(x)
+        if Tv > 0:
+            full[:, :Tv] = causal_conv1d_fn(
+                x[:, :Tv], weight, bias, conv_states, query_start_loc, cache_indices,
+                has_initial_state, activation, pad_slot_id, null_block_id,
+            )  # fmt: skip
         return full
     if cache_indices is not None:
         slots = cache_indices.to(torch.int64)
@@ -266,19 +278,20 @@ def causal_conv1d_fn(
     b = bias.to(ctype) if bias is not None else None
     safe = torch.where(valid, slots, torch.zeros_like(slots)).clamp(0, conv_states.shape[0] - 1)
     if has_initial_state is not None and K > 0 and Bn > 0:
+        # A slot without initial state is never read: where(), not a product (NaN * 0).
         use_init = has_initial_state.reshape(-1).to(torch.bool) & valid
-        init = _gather_states(conv_states, safe, K, ctype) * use_init[:, None, None]
+        init = torch.where(use_init[:, None, None], _gather_states(conv_states, safe, K, ctype), 0)
     else:
         init = torch.zeros(Bn, K, dim, dtype=ctype)
     out, final = _varlen_conv(xT, wT, b, init, qsl)
     if not bool(valid.all()):
         seq_of_tok = torch.repeat_interleave(torch.arange(Bn), lens, output_size=T)
-        out.mul_(valid[seq_of_tok][:, None])
+        out.masked_fill_(~valid[seq_of_tok][:, None], 0.0)  # zeros, even where x is NaN
     if use_silu:
         F.silu(out, inplace=True)
     if K > 0 and bool(write.any()):
         _write_states(conv_states, slots[write], final[write])
-    return out.to(x.dtype).t()
+    return _like_x(out.to(x.dtype).t(), x)
 
 
 def causal_conv1d_update(

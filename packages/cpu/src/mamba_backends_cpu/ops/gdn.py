@@ -50,6 +50,8 @@ from mamba_backends.contract import (
 )
 from mamba_backends.reference.gdn import L2NORM_EPS
 from mamba_backends_cpu.native import gdn as _native_gdn
+from mamba_backends_cpu.ops._common import all_finite, spec_exp
+from mamba_backends_cpu.ops.ssd import segment_log_decays
 from mamba_backends_cpu.tuning import cpu_config, dtype_name
 
 
@@ -118,8 +120,17 @@ def fused_gdn_gating(
     check_fused_gdn_gating_args(A_log, a, b, dt_bias, beta, threshold)
     if _native_gdn.supported(A_log, a, b, dt_bias) and _native_gdn.available():
         return _native_gdn.gating(A_log, a, b, dt_bias, beta, threshold)
+    # fp32 throughout, and a softplus that cannot overflow (F.softplus computes
+    # log1p(exp(beta * x)), inf past 88 when the threshold is above that)
     x = a.float() + dt_bias.float()
-    g = -torch.exp(A_log.float()) * F.softplus(x, beta=beta, threshold=threshold)
+    if 0.0 < beta and threshold <= 80.0:  # exp(beta * x) <= e^80 is finite: torch's one pass
+        g = -torch.exp(A_log.float()) * F.softplus(x, beta=beta, threshold=threshold)
+        return g.unsqueeze(0), torch.sigmoid(b.float()).to(b.dtype).unsqueeze(0)
+    y = beta * x
+    softplus = torch.where(
+        y > threshold, x, (y.clamp(min=0.0) + torch.log1p(torch.exp(-y.abs()))) / beta
+    )
+    g = -torch.exp(A_log.float()) * softplus
     return g.unsqueeze(0), torch.sigmoid(b.float()).to(b.dtype).unsqueeze(0)
 
 
@@ -195,6 +206,28 @@ def _chunk_native(
     return o, final
 
 
+def _chunk_exact(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float | None,
+    initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None,
+    l2norm: bool, core_attn_out: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """Prefill with NaN/inf among the inputs: the token recurrence in the spec's order of
+    operations. A chunked form cannot reproduce where NaN and inf land (a masked product
+    turns an infinite token into NaN for every earlier token of its chunk: ``0 * inf``)."""
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    state = torch.zeros(N, HV, V, K, dtype=torch.float32)
+    if initial_state is not None:
+        state.copy_(initial_state)
+    o, _ = _recurrent(
+        q, k, v, g, beta, scale, state, True, cu_seqlens, None, None, l2norm, exact=True
+    )
+    if core_attn_out is not None:
+        o = core_attn_out.copy_(o)
+    return o, (state if output_final_state else None)
+
+
 def chunk_gated_delta_rule(
     q: Tensor,
     k: Tensor,
@@ -235,6 +268,11 @@ def chunk_gated_delta_rule(
         else:
             full[:, :Tv] = o
         return full, final
+    if not finite_tokens(q, k, v, g, beta):
+        return _chunk_exact(
+            q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
+            use_qk_l2norm_in_kernel, core_attn_out,
+        )  # fmt: skip
     if _native_gdn.supported(q, k, v, g, beta, initial_state, core_attn_out) and (
         _native_gdn.available()
     ):
@@ -303,9 +341,8 @@ def chunk_gated_delta_rule(
     bc = gb[..., 1]
 
     # Intra-chunk, all chunks at once (q.k and k.k products once per q/k head).
-    diff = gc[..., :, None] - gc[..., None, :]
-    causal = torch.ones(C, C, dtype=torch.bool).tril()
-    D = diff.masked_fill_(~causal, float("-inf")).exp_()  # [NC, HV, C, C], 0 above diag
+    seg = segment_log_decays(gb[..., 0])  # [NC, HV, C, C], -inf above the diagonal
+    D = torch.exp(seg)  # decay ratios exp(G_i - G_j), 0 above the diagonal
     D5 = D.view(NC, H, G, C, C)
     kk = (kc @ kc.transpose(-1, -2))[:, :, None]  # [NC, H, 1, C, C]
     # only the strictly lower part of A is read by the inverse: no tril needed
@@ -318,7 +355,7 @@ def chunk_gated_delta_rule(
     Aqk = in_gd(torch.mul(D5, (qc @ kc.transpose(-1, -2))[:, :, None])).view(NC, HV, C, C)
     g_last = gc[..., -1:]  # [NC, HV, 1]
     # (k * exp(G_last - G))^T per value head, built contiguous from the shared k: [NC,HV,K,C]
-    k_decay = torch.exp(g_last - gc).to(gd).view(NC, H, G, 1, C)
+    k_decay = D[..., -1, :].to(gd).view(NC, H, G, 1, C)  # exp(G_last - G_j): the last row
     k_dec_t = (kc.transpose(-1, -2)[:, :, None] * k_decay).view(NC, HV, K, C)
     chunk_decay = torch.exp(g_last)[..., None]  # [NC, HV, 1, 1]
 
@@ -391,19 +428,35 @@ def fused_recurrent_gated_delta_rule(
     with ``index_copy_`` (any strides). Pad (-1) and null (0) slots are skipped and never
     written; their outputs are zero.
     """
-    B, T, H, HV, K, V, N = check_fused_recurrent_gated_delta_rule_args(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        scale,
-        initial_state,
-        inplace_final_state,
-        cu_seqlens,
-        ssm_state_indices,
-        num_accepted_tokens,
-    )
+    check_fused_recurrent_gated_delta_rule_args(
+        q, k, v, g, beta, scale, initial_state, inplace_final_state, cu_seqlens,
+        ssm_state_indices, num_accepted_tokens,
+    )  # fmt: skip
+    return _recurrent(
+        q, k, v, g, beta, scale, initial_state, inplace_final_state, cu_seqlens,
+        ssm_state_indices, num_accepted_tokens, use_qk_l2norm_in_kernel,
+        exact=not finite_tokens(q, k, v, g, beta),
+    )  # fmt: skip
+
+
+def finite_tokens(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor | None) -> bool:
+    """Whether every token input is finite (``g = -inf``, a full reset, counts as finite)."""
+    return all_finite(q, k, v, beta) and (g.numel() == 0 or float(g.max()) < float("inf"))
+
+
+def _recurrent(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor | None, scale: float | None,
+    initial_state: Tensor | None, inplace_final_state: bool, cu_seqlens: Tensor | None,
+    ssm_state_indices: Tensor | None, num_accepted_tokens: Tensor | None,
+    use_qk_l2norm_in_kernel: bool, exact: bool,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The recurrent op on checked arguments. ``exact``: NaN/inf among the inputs, so run the
+    spec's own order of operations (``S <- exp(g) S``, ``d = beta (v - S k)``,
+    ``S <- S + d k^T``, ``o = S q``), one sequence at a time, in PyTorch: the fused forms
+    (``o = exp(g) (S q) + d (k . q)``) agree with it on finite values only."""
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     cdt = _compute_dtype(q.dtype)
     BT = B * T
     G = HV // H
@@ -425,7 +478,11 @@ def fused_recurrent_gated_delta_rule(
     keep = lens > 0
     if ssm_state_indices is not None:
         keep &= src > 0
-    if _native_gdn.supported(q, k, v, g, beta, initial_state) and _native_gdn.available():
+    if (
+        not exact
+        and _native_gdn.supported(q, k, v, g, beta, initial_state)
+        and (_native_gdn.available())
+    ):
         two_d = ssm_state_indices is not None and ssm_state_indices.dim() == 2
         lens_run = torch.where(keep, lens, 0)
         none = torch.full_like(src, -1)
@@ -485,6 +542,8 @@ def fused_recurrent_gated_delta_rule(
     # Sequences run in blocks whose states stay cache-resident between the passes.
     per_seq = HV * V * K * torch.finfo(cdt).bits // 8
     blk = max(1, _decode_block_bytes(q.dtype, q.shape[-1], v.shape[-1]) // per_seq)
+    if exact:
+        blk = 1  # no finished sequence rides along (0 * inf in its no-op update)
     buf: Tensor | None = None  # one gather buffer per call, reused by every block
     if initial_state is not None and NL:
         rows = state_rows(initial_state)
@@ -506,14 +565,23 @@ def fused_recurrent_gated_delta_rule(
             on = ln > i
             t = torch.where(on, st + i, torch.full_like(st, BT))  # [nb]
             kq = qkf[t].view(nb * HV, 2, K)
-            # one read of S for both S @ k and S @ q: [nb * HV, 2, V]
-            Skq = torch.bmm(kq, S.transpose(1, 2))
             decay = torch.exp(gf[t]).view(nb * HV, 1)
-            delta = bf[t].view(nb * HV, -1) * (vf[t].view(nb * HV, V) - decay * Skq[:, 0])
-            k_dot_q = (kq[:, 0] * kq[:, 1]).sum(-1, keepdim=True)  # [nb * HV, 1]
-            o_flat[t] = (decay * Skq[:, 1] + delta * k_dot_q).view(nb, HV, V).to(q.dtype)
-            # S <- exp(g) S + outer(delta, k), in place
-            S.mul_(decay[..., None]).addcmul_(delta[:, :, None], kq[:, None, 0])
+            if exact:
+                decay = spec_exp(gf[t]).view(nb * HV, 1)
+                S.mul_(decay[..., None])
+                Sk = torch.bmm(S, kq[:, 0, :, None])[..., 0]
+                delta = bf[t].view(nb * HV, -1) * (vf[t].view(nb * HV, V) - Sk)
+                S.addcmul_(delta[:, :, None], kq[:, None, 0])
+                o_t = torch.bmm(S, kq[:, 1, :, None])[..., 0]
+                o_flat[t] = o_t.view(nb, HV, V).to(q.dtype)
+            else:
+                # one read of S for both S @ k and S @ q: [nb * HV, 2, V]
+                Skq = torch.bmm(kq, S.transpose(1, 2))
+                delta = bf[t].view(nb * HV, -1) * (vf[t].view(nb * HV, V) - decay * Skq[:, 0])
+                k_dot_q = (kq[:, 0] * kq[:, 1]).sum(-1, keepdim=True)  # [nb * HV, 1]
+                o_flat[t] = (decay * Skq[:, 1] + delta * k_dot_q).view(nb, HV, V).to(q.dtype)
+                # S <- exp(g) S + outer(delta, k), in place
+                S.mul_(decay[..., None]).addcmul_(delta[:, :, None], kq[:, None, 0])
             if per_token is not None:
                 per_token[t[on]] = S.view(nb, HV, V, K)[on].to(per_token.dtype)
             elif ssm_state_indices is not None and ssm_state_indices.dim() == 2:

@@ -27,6 +27,7 @@ from mamba_backends.contract import (
     check_lightning_attention_args,
     check_linear_decode_forward_args,
 )
+from mamba_backends_cpu.ops._common import all_finite, spec_exp
 from mamba_backends_cpu.ops.gdn import put_state_rows, state_rows
 from mamba_backends_cpu.tuning import cpu_config, dtype_name
 
@@ -53,6 +54,36 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _exact(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    ed: Tensor,
+    block_size: int,
+    kv_history: Tensor | None,
+    cdt: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """The spec's token recurrence, vectorised over batch and heads, for inputs holding NaN
+    or inf: a chunked form spreads a non-finite token to every earlier token of its chunk
+    (``0 * inf`` inside the masked products). Same shapes and returns as the prefill."""
+    b, h, n, d = q.shape
+    e = v.shape[-1]
+    lam = spec_exp(-ed.reshape(h).to(cdt))[None, :, None, None]
+    kv = torch.zeros(b, h, d, e, dtype=cdt)
+    if kv_history is not None:
+        kv.copy_(kv_history)
+    nb = -(-n // block_size)
+    states = torch.empty(b, h, nb + 1, d, e, dtype=torch.float32)
+    o = torch.empty(b, h, n, e, dtype=cdt)
+    for t in range(n):
+        if t % block_size == 0:
+            states[:, :, t // block_size] = kv
+        kv = lam * kv + k[:, :, t, :, None].to(cdt) * v[:, :, t, None, :].to(cdt)
+        o[:, :, t] = (q[:, :, t, None, :].to(cdt) @ kv)[..., 0, :]
+    states[:, :, nb] = kv
+    return o.to(q.dtype), states
+
+
 def lightning_attention(
     q: Tensor,
     k: Tensor,
@@ -70,6 +101,8 @@ def lightning_attention(
     """
     b, h, n, d, e = check_lightning_attention_args(q, k, v, ed, block_size, kv_history)
     cdt = _compute_dtype(q.dtype)
+    if not all_finite(q, k, v, ed, kv_history):  # NaN/inf: the exact recurrence
+        return _exact(q, k, v, ed, block_size, kv_history, cdt)
     tuning = _prefill_config(q.dtype, q.shape[-1], v.shape[-1], block_size)
     C = tuning["chunk_size"] if block_size % tuning["chunk_size"] == 0 else block_size
     per_block = block_size // C

@@ -100,9 +100,10 @@ def _scan_torch(
         tok = torch.where(valid, start[:, None] + ar[None, :], start[:, None])
         nb = sq.numel()
         dtb = dt[tok] * valid[..., None]  # (nb, L, Dm)
-        # Decay relative to the block's first token (so L = 1 never divides).
-        cs = torch.cumsum(dtb, dim=1)
-        E = torch.exp((cs - dtb[:, :1])[..., None] * A)  # (nb, L, Dm, N), in (0, 1]
+        # Decay relative to the block's first token (so L = 1 never divides): the cumulative
+        # sum of the later tokens' dt, never cumsum - dt[0] (inf - inf is NaN for dt = inf).
+        cs = torch.cumsum(torch.cat([torch.zeros_like(dtb[:, :1]), dtb[:, 1:]], dim=1), dim=1)
+        E = torch.exp(cs[..., None] * A)  # (nb, L, Dm, N), in (0, 1]
         xb = (dtb * u[tok]).view(nb, L, G, Dg, 1)
         Bb = Bm[tok].view(nb, L, G, 1, N)
         w = (xb * Bb).view(nb, L, Dm, N).div_(E)
@@ -238,10 +239,8 @@ def selective_scan_fn(
             if has_initial_state is not None
             else None
         )
-        if keep is None:
-            h.zero_()
-        else:
-            h.mul_(keep[:, None, None])
+        # A slot without initial state is never read: where(), not a product (NaN * 0).
+        h = torch.zeros_like(h) if keep is None else torch.where(keep[:, None, None], h, 0.0)
         h = h.contiguous()
         Bv3 = B.unsqueeze(0) if B.dim() == 2 else B
         Cv3 = C.unsqueeze(0) if C.dim() == 2 else C
@@ -277,11 +276,11 @@ def selective_scan_fn(
     Ac = A.to(ctype)
     Bc, Cc = take(BT), take(CT)
     slots_r = slots[sq]
-    h0 = states[slots_r].to(ctype)
     if has_initial_state is not None:
-        h0.mul_(has_initial_state.reshape(-1)[sq].to(torch.bool).to(ctype)[:, None, None])
+        use = has_initial_state.reshape(-1)[sq].to(torch.bool)
+        h0 = torch.where(use[:, None, None], states[slots_r].to(ctype), 0.0)
     else:
-        h0.zero_()
+        h0 = torch.zeros((sq.numel(), *states.shape[1:]), dtype=ctype)
     y: Tensor | None = None
     if _native.available() and ctype == torch.float32:
         y, h = _native.selective_scan(uc, dtc, Ac, Bc, Cc, h0, qsl_r)

@@ -29,7 +29,7 @@ from torch import Tensor
 from mamba_backends.contract import check_ssd_varlen_args
 from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
 from mamba_backends_cpu.native import ssm as _native
-from mamba_backends_cpu.ops._common import compute_dtype, live_slots
+from mamba_backends_cpu.ops._common import all_finite, compute_dtype, live_slots, spec_exp
 from mamba_backends_cpu.tuning import cpu_config, dtype_name
 
 
@@ -65,6 +65,88 @@ def _group_matmul(a: Tensor, b: Tensor, G: int) -> Tensor:
     a5 = a.reshape(*lead, G, H // G, a.shape[-2], a.shape[-1])
     out = torch.matmul(a5, b.unsqueeze(-3))
     return out.reshape(*lead, H, a.shape[-2], b.shape[-1])
+
+
+#: Below this |cumulative log decay| inside a block, exp of a difference of cumulative sums is
+#: accurate to ~3e-5 (2 fp32 ulps of 256) and is the fast form; beyond it, segment sums.
+FAST_LOG_DECAY = 256.0
+
+
+def segment_log_decays(x: Tensor) -> Tensor:
+    """``x: [..., L]`` log decays -> ``[..., L, L]``: ``x_{j+1} + ... + x_i`` for ``i >= j``,
+    ``-inf`` above the diagonal (masked before any ``exp``).
+
+    The usual gates (cumulative sums within +/-256) take the cheap difference of cumulative
+    sums; strong ones (a model's ``dt * A`` or GDN ``g`` reach -1e3 per token, -1e4 over a
+    block, or ``-inf``) take :func:`segsum`, which never subtracts two large sums."""
+    L = x.shape[-1]
+    cs = torch.cumsum(x, dim=-1)
+    if cs.numel() and bool(cs.abs().max() <= FAST_LOG_DECAY):
+        causal = torch.ones(L, L, dtype=torch.bool).tril_()
+        return (cs[..., :, None] - cs[..., None, :]).masked_fill_(~causal, float("-inf"))
+    return segsum(x)
+
+
+def segsum(x: Tensor) -> Tensor:
+    """``x: [..., L]`` log decays -> ``[..., L, L]`` with ``[i, j] = x_{j+1} + ... + x_i`` for
+    ``i >= j`` (0 on the diagonal) and ``-inf`` above it.
+
+    Sums of the segment itself, never differences of cumulative sums: those lose every digit
+    when the cumulative sum is large (-1e4 after a few strong decays) and give
+    ``-inf - -inf = NaN`` after a decay of ``-inf``; ``exp`` never sees a positive value.
+    """
+    L = x.shape[-1]
+    strict = torch.ones(L, L, dtype=torch.bool).tril_(-1)  # [l, j]: l > j
+    terms = x[..., :, None].expand(*x.shape, L).masked_fill(~strict, 0.0)  # [..., l, j]
+    seg = torch.cumsum(terms, dim=-2)  # [..., i, j] = sum over j < l <= i of x_l
+    return seg.masked_fill_(~torch.ones(L, L, dtype=torch.bool).tril_(), float("-inf"))
+
+
+def _exact(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    init: Tensor | None,
+    cu: Tensor,
+    cuc: Tensor,
+    ctype: torch.dtype,
+    out: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The spec's token recurrence (used when NaN/inf is among the inputs: a chunked form
+    spreads a non-finite token to every earlier token of its block, as ``0 * inf``).
+
+    ``dt: (T, H)`` processed. Writes ``out``; returns the final states ``(batch, H, P, N)``
+    and the states after every chunk ``(nchunks, H, P, N)``.
+    """
+    _, H, P = x.shape
+    G, N = B.shape[1], B.shape[2]
+    heads_g = torch.arange(H) // (H // G)
+    ends = {int(e): c for c, e in enumerate(cuc[1:].tolist())}
+    nseq = cu.numel() - 1
+    final = torch.zeros(nseq, H, P, N, dtype=ctype)
+    chunks = torch.zeros(len(ends), H, P, N, dtype=ctype)
+    Dc = None if D is None else (D.to(ctype)[:, None] if D.dim() == 1 else D.to(ctype))
+    for b in range(nseq):
+        st = torch.zeros(H, P, N, dtype=ctype) if init is None else init[b].to(ctype)
+        for t in range(int(cu[b]), int(cu[b + 1])):
+            dt_t = dt[t].to(ctype)
+            x_t = x[t].to(ctype)
+            decay = spec_exp(A * dt_t)[:, None, None]
+            st = decay * st + (dt_t[:, None] * x_t)[..., None] * B[t].to(ctype)[heads_g][:, None]
+            y = (st * C[t].to(ctype)[heads_g][:, None]).sum(-1)
+            if Dc is not None:
+                y = y + Dc * x_t
+            if z is not None:
+                y = y * F.silu(z[t].to(ctype))
+            out[t] = y.to(out.dtype)
+            if t + 1 in ends:
+                chunks[ends[t + 1]] = st
+        final[b] = st
+    return final, chunks
 
 
 def mamba_chunk_scan_combined_varlen(
@@ -179,6 +261,11 @@ def mamba_chunk_scan_combined_varlen(
         res_n = chunks if chunks is not None else final
         return res_n.to(sdtype)
 
+    if not all_finite(x, dtc, Ac, B, C, D, z, initial_states):
+        # NaN/inf among the inputs: the spec's token recurrence (see _exact)
+        res_e = _exact(x, dtc, Ac, B, C, D, z, initial_states, cu, cuc, ctype, out)
+        return (res_e[1] if return_intermediate_states else res_e[0]).to(sdtype)
+
     # Internal blocks, padded to (nB, L) token slots.
     L = min(_block_len(ctype, x.shape[-1], B.shape[-1], chunk_size), chunk_size)
     bstart, blen, chunk_of = _blocks(cuc, L)
@@ -200,21 +287,22 @@ def mamba_chunk_scan_combined_varlen(
         dtb = dtc[tok] * m[..., None]  # dt = 0 on padding: no decay, no input
         Bb = B[tok].to(ctype)
         Cb = C[tok].to(ctype)
-    a_cs = torch.cumsum(dtb * Ac, dim=1)  # (nB, L, H)
-    a_h = a_cs.transpose(1, 2)  # (nB, H, L)
+    dA = (dtb * Ac).transpose(1, 2)  # (nB, H, L)
+    a_h = torch.cumsum(dA, dim=-1)  # (nB, H, L)
     a_end = a_h[:, :, -1]  # (nB, H)
 
-    # Intra-block (quadratic) term.
+    # Intra-block (quadratic) term; decays from segment sums (never exp of a difference of
+    # cumulative sums, which cancels every digit once dt * A sums to -1e4).
     CB = torch.matmul(Cb.permute(0, 2, 1, 3), Bb.permute(0, 2, 3, 1))  # (nB, G, L, L)
-    causal = torch.ones(L, L, dtype=torch.bool).tril_()
-    seg = (a_h[:, :, :, None] - a_h[:, :, None, :]).masked_fill_(~causal, float("-inf"))
+    seg = segment_log_decays(dA)  # (nB, H, L, L), -inf above the diagonal
+    to_end = seg[:, :, -1, :].exp()  # (nB, H, L): exp(a_end - a_u)
     Mx = seg.exp_().mul_(dtb.transpose(1, 2)[:, :, None, :])  # (nB, H, L, L)
     Mx = Mx.view(nB, G, H // G, L, L).mul_(CB[:, :, None]).view(nB, H, L, L)
     xh = xb.permute(0, 2, 1, 3)  # (nB, H, L, P)
     y = torch.matmul(Mx, xh)  # (nB, H, L, P)
 
     # Block states from a zero start: S_blk = (x * w)^T B with w = exp(a_end - a) * dt.
-    w = torch.exp(a_end[:, :, None] - a_h).mul_(dtb.transpose(1, 2))  # (nB, H, L)
+    w = to_end.mul_(dtb.transpose(1, 2))  # (nB, H, L)
     xw = (xh * w[..., None]).transpose(2, 3)  # (nB, H, P, L)
     S_blk = _group_matmul(xw, Bb.permute(0, 2, 1, 3), G)  # (nB, H, P, N)
 

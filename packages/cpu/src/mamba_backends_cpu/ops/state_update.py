@@ -61,6 +61,17 @@ def _native_step(
 
     src = col0(state_batch_indices)
     dst = col0(dst_state_batch_indices) if dst_state_batch_indices is not None else src
+    pool, scatter = state, None
+    if (
+        src is not None
+        and dst is not None
+        and dst is not src
+        and _reads_a_written_slot(src, dst, null_block_id)
+    ):
+        # The kernel updates in place, but here a row writes another row's source: it runs on
+        # copies of the sources, scattered afterwards (all reads happen before any write).
+        state, src, scatter = _stage_sources(pool, src, dst, null_block_id)
+        dst = src
     tied = _tied(A, dt, dt_bias)
     if not tied:  # per-element dt: bias and softplus vectorised here, not per element in C
         dt = dt.float() + dt_bias.float() if dt_bias is not None else dt.float()
@@ -76,7 +87,49 @@ def _native_step(
     )  # fmt: skip
     if y is not out4:
         out4.copy_(y)
+    if scatter is not None and scatter[0].numel():
+        pool.index_put_((scatter[1],), state[scatter[0]])
     return out
+
+
+def _live(slot: int, null_block_id: int | None) -> bool:
+    return slot != PAD_SLOT_ID and slot != null_block_id
+
+
+def _reads_a_written_slot(src: Tensor, dst: Tensor, null_block_id: int | None) -> bool:
+    """Whether a row's (live) destination is the source of another row that runs."""
+    s, d = src.tolist(), dst.tolist()
+    if s == d:
+        return False  # in place (destinations are unique, so the sources are too)
+    readers: dict[int, int] = {}
+    for a in s:
+        if _live(a, null_block_id):
+            readers[a] = readers.get(a, 0) + 1
+    for a, b in zip(s, d, strict=True):
+        if _live(a, null_block_id) and _live(b, null_block_id):
+            if readers.get(b, 0) - (1 if a == b else 0) > 0:
+                return True
+    return False
+
+
+def _stage_sources(
+    state: Tensor, src: Tensor, dst: Tensor, null_block_id: int | None
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """Copies of the rows' source states as a pool of their own (slot ``1 + i`` for row ``i``,
+    pad for rows that are skipped), the rows' slots in it, and where to scatter the results:
+    ``(rows of the copy pool, destination slots of the original pool)``."""
+    s, d = src.tolist(), dst.tolist()
+    rows = [i for i, a in enumerate(s) if _live(a, null_block_id)]
+    work = torch.empty((len(s) + 1, *state.shape[1:]), dtype=state.dtype)
+    if rows:
+        work[torch.tensor(rows) + 1] = state[torch.tensor([s[i] for i in rows])]
+    slots = torch.tensor([i + 1 if i in set(rows) else PAD_SLOT_ID for i in range(len(s))])
+    out_rows = [i for i in rows if _live(d[i], null_block_id)]
+    scatter = (
+        torch.tensor(out_rows, dtype=torch.int64) + 1,
+        torch.tensor([d[i] for i in out_rows], dtype=torch.int64),
+    )
+    return work, slots, scatter
 
 
 def selective_state_update(
@@ -196,7 +249,7 @@ def selective_state_update(
     safe_src = src_slot if all_src else torch.where(src_ok, src_slot, 0)
     h = state[safe_src].to(ctype)  # (R, H, P, N), a fresh copy
     if not all_src:
-        h.mul_(src_ok.view(R, 1, 1, 1))
+        h.masked_fill_(~src_ok.view(R, 1, 1, 1), 0.0)
     rep = H // G
     A_c = A[:, 0, 0].to(ctype) if tied else A.to(ctype)
     Dc = D.to(ctype) if D is not None else None
@@ -205,8 +258,14 @@ def selective_state_update(
         rows = cu[:-1] + i
         active = lens > i
         all_active = bool(active.all())
+        h_old = None
         if not all_active:
-            rows = torch.where(active, rows, cu[:-1])
+            # Finished (or empty) requests read row 0 (any valid row; a request at the end
+            # of the batch may start at T) and keep their state through where(), never
+            # through a product with 0 (NaN * 0 is NaN; with out=x, rows already written
+            # hold outputs).
+            rows = torch.where(active, rows, 0)
+            h_old = h.clone()
         xi = x[rows].to(ctype)  # (R, H, P)
         if tied:
             dti = dt[rows][:, :, 0].to(ctype)  # (R, H)
@@ -218,8 +277,6 @@ def selective_state_update(
                 dti = dti + dt_bias.to(ctype)
         if dt_softplus:
             dti = F.softplus(dti)
-        if not all_active:
-            dti = dti * active.view((R,) + (1,) * (dti.dim() - 1))
         Bi = B[rows].to(ctype)
         Ci = C[rows].to(ctype)
         if rep > 1:
@@ -232,6 +289,8 @@ def selective_state_update(
             h.mul_(torch.exp(dti[..., None] * A_c))
             xdt = xi * dti
         hv.baddbmm_(xdt.reshape(R * H, P, 1), Bi.reshape(R * H, 1, N))
+        if h_old is not None:
+            h.copy_(torch.where(active.view(R, 1, 1, 1), h, h_old))
         y = torch.bmm(hv, Ci.reshape(R * H, N, 1)).view(R, H, P)
         if Dc is not None:
             y.addcmul_(xi, Dc)

@@ -34,6 +34,12 @@ from mamba_backends.testing.cases._common import (
     is_tensor,
     pick_dtypes,
 )
+from mamba_backends.testing.cases._nonfinite import (
+    POISONS,
+    fill_unread,
+    inject_one_of,
+    strong_log_decays,
+)
 
 OPS = ("fused_gdn_gating", "chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule")
 TYPES = ("gdn",)
@@ -52,10 +58,18 @@ class GdnParams:
     layout: str = "contig"
     n_pad: int = 0
     spec_cols: int = 0  # > 0: 2-D ssm_state_indices with this many columns (spec decode)
+    gate: str = "normal"  # normal | strong (log decays down to -1e3 per token, one -inf)
+    poison: str = ""  # see _nonfinite.POISONS
+    tail: int = 0  # chunk: padded tail of this many NaN tokens past cu_seqlens[-1]
 
     def show(self) -> dict[str, Any]:
         d: dict[str, Any] = {"lens": self.lens, "H": self.H, "HV": self.HV, "K": self.K}
         d.update(V=self.V, l2=self.l2, state=self.layout, pad=self.n_pad, cols=self.spec_cols)
+        for k, v, default in (("gate", self.gate, "normal"), ("poison", self.poison, "")):
+            if v != default:
+                d[k] = v
+        if self.tail:
+            d["tail"] = self.tail
         return d
 
 
@@ -68,8 +82,20 @@ def tokens(f: Factory, T: int, p: GdnParams, dt: torch.dtype) -> list[Tensor]:
         k = k / k.norm(dim=-1, keepdim=True)
     v = f.randn(1, T, p.HV, p.V, dtype=dt)
     g = -f.uniform(0.01, 0.7, 1, T, p.HV, dtype=f32)
+    if p.gate == "strong":
+        g = strong_log_decays(f.gen, 1, T, p.HV).to(f.device, f32)
+        if T > 2:
+            g[0, T // 2, 0] = float("-inf")  # a gate that overflowed upstream: a full reset
     beta = f.uniform(0.05, 1.0, 1, T, p.HV, dtype=dt)
     return [q.to(dt), k.to(dt), v, g, beta]
+
+
+def poison_tokens(t: list[Tensor], p: GdnParams, seed: int, lens: list[int]) -> None:
+    """NaN/inf into one of q, k, v, g, beta (``p.poison``; ``nan_last``: last tokens)."""
+    cu = offsets(lens)
+    rows = [cu[i + 1] - 1 for i in range(len(lens)) if lens[i]] if p.poison == "nan_last" else None
+    named = [(n, x, 1) for n, x in zip(("q", "k", "v", "g", "beta"), t, strict=True)]
+    inject_one_of(named, seed, p.poison, rows)
 
 
 def _rows(t: Tensor, idx: list[int]) -> Tensor:
@@ -80,15 +106,24 @@ def _rows(t: Tensor, idx: list[int]) -> Tensor:
 
 
 def _gating(p: GdnParams, dt: torch.dtype, ctx: CaseContext) -> None:
+    """``strong``: half-precision ``a``/``b`` up to the fp16 range and a softplus threshold
+    far above where ``exp`` overflows (fp32 at 88, fp16 at 11): the spec's softplus is the
+    exact ``log(1 + e^(beta x)) / beta``, finite for every finite input."""
     T = sum(p.lens)
+    strong = p.gate == "strong"
     args = []
     for f in ctx.factories():
-        A_log = f.randn(p.HV, dtype=f32, scale=0.5)
-        a = f.randn(T, p.HV, dtype=dt, scale=8.0)  # some above the softplus threshold
-        b = f.randn(T, p.HV, dtype=dt)
-        args.append((A_log, a, b, f.randn(p.HV, dtype=f32)))
-    g1, b1 = ctx.ops.fused_gdn_gating(*args[0])
-    g2, b2 = ctx.ref.fused_gdn_gating(*args[1])
+        A_log = f.randn(p.HV, dtype=f32, scale=2.0 if strong else 0.5)
+        # some above the softplus threshold
+        a = f.randn(T, p.HV, dtype=dt, scale=2e4 if strong else 8.0)
+        b = f.randn(T, p.HV, dtype=dt, scale=2e4 if strong else 1.0)
+        dt_bias = f.randn(p.HV, dtype=f32)
+        named = [("A_log", A_log, 0), ("a", a, 0), ("b", b, 0), ("dt_bias", dt_bias, 0)]
+        inject_one_of(named, 7, p.poison)
+        args.append((A_log, a, b, dt_bias))
+    kw = {"beta": 0.5, "threshold": 1e4} if strong else {}
+    g1, b1 = ctx.ops.fused_gdn_gating(*args[0], **kw)
+    g2, b2 = ctx.ref.fused_gdn_gating(*args[1], **kw)
     c = ctx.check
     c.dtype("g", g1, f32)
     c.dtype("beta", b1, dt)
@@ -101,13 +136,19 @@ def _gating(p: GdnParams, dt: torch.dtype, ctx: CaseContext) -> None:
 # ------------------------------------------------------------------ chunked prefill
 
 
-def _chunk(p: GdnParams, dt: torch.dtype, sdt: torch.dtype, kind: str, ctx: CaseContext) -> None:
-    N, T = len(p.lens), sum(p.lens)
+def _chunk(
+    p: GdnParams, dt: torch.dtype, sdt: torch.dtype, seed: int, kind: str, ctx: CaseContext
+) -> None:
+    N, T = len(p.lens), sum(p.lens) + p.tail
     cu = offsets(p.lens)
     built = []
     for f in ctx.factories():
         h0 = ssm_state_pool(f, N, (p.HV, p.V, p.K), sdt, p.layout)
-        built.append((tokens(f, T, p, dt), h0, f.ints(cu)))
+        t = tokens(f, T, p, dt)
+        poison_tokens(t, p, seed, list(p.lens))
+        for x in t:
+            x[:, T - p.tail :] = float("nan")  # padding past cu_seqlens[-1]: never read
+        built.append((t, h0, f.ints(cu)))
     (ta, ha, cua), (te, he, cue) = built
     snap = bits(ha.base)
     c = ctx.check
@@ -161,6 +202,7 @@ def _split(p: GdnParams, dt: torch.dtype, sdt: torch.dtype, seed: int, ctx: Case
     ta, te = tokens(fa, T, p, dt), tokens(fe, T, p, dt)
     pool = ssm_state_pool(fa, N + 2, (p.HV, p.V, p.K), sdt, p.layout)
     slots = list(range(2, N + 2))
+    fill_unread(pool, slots)
     before = pool.base.clone()
     o_e, fin_e = ctx.ref.chunk_gated_delta_rule(
         *te, output_final_state=True, cu_seqlens=fe.ints(cu), use_qk_l2norm_in_kernel=p.l2
@@ -222,17 +264,21 @@ def _decode(p: GdnParams, dt: torch.dtype, sdt: torch.dtype, seed: int, ctx: Cas
         plan = plan_slots(len(p.lens) - p.n_pad, p.n_pad, seed, all_init=True)
         num_slots, lens = plan.num_slots, [1] * len(plan.slots)
         written = plan.active_slots
+    read = [table[n][accepted[n] - 1] for n in range(N)] if p.spec_cols else written
     T = sum(lens)
     built = []
     for f in ctx.factories():
         pool = ssm_state_pool(f, num_slots, (p.HV, p.V, p.K), sdt, p.layout)
+        fill_unread(pool, read)  # pad/null/spare slots hold NaN: never read
         kw: dict[str, Any] = {"cu_seqlens": f.ints(offsets(lens))}
         if p.spec_cols:
             kw["ssm_state_indices"] = f.ints([s for row in table for s in row]).view(N, -1)
             kw["num_accepted_tokens"] = f.ints(accepted)
         else:
             kw["ssm_state_indices"] = f.ints(plan.slots)
-        built.append((tokens(f, T, p, dt), pool, kw))
+        t = tokens(f, T, p, dt)
+        poison_tokens(t, p, seed, lens)
+        built.append((t, pool, kw))
     (ta, pa, kwa), (te, pe, kwe) = built
     before = pa.base.clone()
     o, ret = ctx.ops.fused_recurrent_gated_delta_rule(
@@ -315,7 +361,7 @@ def make_case(
         body = partial(_split, p, dt, sdt, seed)
         kw.setdefault("requires", (CHUNK, RECUR))
     elif op == CHUNK:
-        body = partial(_chunk, p, dt, sdt, kind)
+        body = partial(_chunk, p, dt, sdt, seed, kind)
     else:
         body = partial(_decode, p, dt, sdt, seed)
     return Case(
@@ -349,6 +395,25 @@ def fixed_cases() -> list[Case]:
     spec = GdnParams(lens=(3, 2, 1), H=1, HV=2, spec_cols=3, layout="transposed")
     cases.append(make_case(RECUR, "oneshot", spec, seed=16, quick=True))
     cases.append(make_case(RECUR, "oneshot", spec, bf16, f32, seed=17))
+    # numerics: gates over a model's whole range, NaN/inf inputs, NaN padding, NaN slots
+    strong = GdnParams(lens=(64, 130, 1), H=2, HV=4, gate="strong")
+    cases.append(make_case(CHUNK, "oneshot", strong, seed=20, quick=True))
+    cases.append(make_case(CHUNK, "oneshot", strong, bf16, f32, seed=21))
+    cases.append(make_case(CHUNK, "split", replace(strong, lens=(150, 80)), seed=22))
+    sd = GdnParams(lens=(1,) * 5, H=2, HV=4, n_pad=2, gate="strong")
+    cases.append(make_case(RECUR, "oneshot", sd, seed=23))
+    for j, poison in enumerate(POISONS[1:]):
+        pp = GdnParams(lens=(64, 40, 130), H=2, HV=4, poison=poison, tail=2 * j)
+        cases.append(make_case(CHUNK, "oneshot", pp, seed=24 + j, quick=poison == "nan_last"))
+        cases.append(make_case(CHUNK, "oneshot", replace(pp, l2=False), f16, f32, seed=27 + j))
+        cases.append(
+            make_case(RECUR, "oneshot", replace(sd, gate="normal", poison=poison), seed=30 + j)
+        )
+        cases.append(make_case(RECUR, "oneshot", replace(spec, poison=poison), seed=33 + j))
+    for j, dt in enumerate((f16, bf16)):
+        gp = GdnParams(lens=(9,), HV=6, gate="strong")
+        cases.append(make_case(GATING, "oneshot", gp, dt, f32, quick=j == 0))
+        cases.append(make_case(GATING, "oneshot", replace(gp, poison="inf"), dt, f32, seed=1))
     for what in _BAD:
         op = _BAD[what][0]
         cases.append(Case(op=op, kind="bad_input", body=partial(_bad, what), params={"bad": what}))
@@ -366,13 +431,20 @@ def draw_case(op: str, pick: Picker, mamba_type: str) -> Case:
         V=pick.choice((4, 8)),
         l2=pick.choice((True, False)),
         layout=pick.choice(SSM_LAYOUTS),
+        gate=pick.choice(("normal", "normal", "strong")),
     )
+    poison = pick.choice(("", "", *POISONS[1:]))
     if op == GATING:
-        return make_case(op, "oneshot", replace(p, lens=(pick.integer(1, 9),)), dt, sdt, seed)
+        lens: tuple[int, ...] = (pick.integer(1, 9),)
+        return make_case(op, "oneshot", replace(p, lens=lens, poison=poison), dt, sdt, seed)
     if op == CHUNK:
         kind = pick.choice(("oneshot", "oneshot", "batch", "split"))
         lens = tuple(pick.integer(3 if kind == "split" else 0, 140) for _ in range(2))
-        return make_case(op, kind, replace(p, lens=lens), dt, sdt, seed)
+        p = replace(p, lens=lens)
+        if kind == "oneshot":
+            p = replace(p, poison=poison, tail=pick.choice((0, 0, 1, 3)))
+        return make_case(op, kind, p, dt, sdt, seed)
+    p = replace(p, poison=poison)
     if pick.choice((True, False)):
         cols = pick.integer(1, 3)
         lens = tuple(pick.integer(1, cols) for _ in range(pick.integer(1, 3)))

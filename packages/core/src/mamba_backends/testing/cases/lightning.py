@@ -32,6 +32,7 @@ from mamba_backends.testing.cases._common import (
     is_tensor,
     pick_dtypes,
 )
+from mamba_backends.testing.cases._nonfinite import POISONS, fill_unread, inject_one_of
 
 OPS = ("lightning_attention", "linear_decode_forward")
 TYPES = ("linear_attention",)
@@ -49,10 +50,15 @@ class LinParams:
     history: bool = True
     layout: str = "contig"
     n_pad: int = 0
+    gate: str = "normal"  # normal | strong (slopes from 0.0025 to 150)
+    poison: str = ""  # see _nonfinite.POISONS
 
     def show(self) -> dict[str, Any]:
         d: dict[str, Any] = {"b": self.b, "h": self.h, "n": self.n, "d": self.d, "e": self.e}
         d.update(block=self.block_size, hist=self.history, state=self.layout, pad=self.n_pad)
+        for k, v, default in (("gate", self.gate, "normal"), ("poison", self.poison, "")):
+            if v != default:
+                d[k] = v
         return d
 
 
@@ -65,14 +71,27 @@ def qkv(f: Factory, b: int, p: LinParams, n: int, dt: torch.dtype) -> list[Tenso
 
 
 def slopes(f: Factory, p: LinParams) -> Tensor:
+    if p.gate == "strong":
+        return torch.exp(f.uniform(-6.0, 5.0, p.h, dtype=torch.float64)).to(f32)
     return f.uniform(0.0, 0.4, p.h, dtype=f32)
 
 
-def _prefill(p: LinParams, dt: torch.dtype, sdt: torch.dtype, kind: str, ctx: CaseContext) -> None:
+def poison(p: LinParams, seed: int, t: list[Tensor], n: int, extra: Tensor | None) -> None:
+    """NaN/inf into one of q, k, v (token axis 2) or ``extra`` (history / slopes)."""
+    named = [(name, x, 2) for name, x in zip("qkv", t, strict=True)]
+    if extra is not None and p.poison != "nan_last":
+        named.append(("extra", extra, 0))
+    inject_one_of(named, seed, p.poison, [n - 1] if p.poison == "nan_last" else None)
+
+
+def _prefill(
+    p: LinParams, dt: torch.dtype, sdt: torch.dtype, seed: int, kind: str, ctx: CaseContext
+) -> None:
     built = []
     for f in ctx.factories():
         t = qkv(f, p.b, p, p.n, dt)
         hist = ssm_state_pool(f, p.b, (p.h, p.d, p.e), sdt, p.layout) if p.history else None
+        poison(p, seed, t, p.n, hist.view if hist is not None else None)
         built.append((t, slopes(f, p), hist))
     (ta, sa, ha), (te, se, he) = built
     snap = bits(ha.base) if ha is not None else None
@@ -107,9 +126,11 @@ def _decode(p: LinParams, dt: torch.dtype, sdt: torch.dtype, seed: int, ctx: Cas
     built = []
     for f in ctx.factories():
         pool = ssm_state_pool(f, plan.num_slots, (p.h, p.d, p.d), sdt, p.layout)
-        built.append(
-            (qkv(f, p.b, replace(p, e=p.d), 1, dt), slopes(f, p), pool, f.ints(plan.slots))
-        )
+        fill_unread(pool, plan.active_slots)  # pad/null/spare slots hold NaN: never read
+        t = qkv(f, p.b, replace(p, e=p.d), 1, dt)
+        sl = slopes(f, p)
+        poison(p, seed, t, 1, sl)
+        built.append((t, sl, pool, f.ints(plan.slots)))
     (ta, sa, pa, ia), (te, se, pe, ie) = built
     before = pa.base.clone()
     out = ctx.ops.linear_decode_forward(*ta, pa.view, sa, ia)
@@ -133,6 +154,7 @@ def _split(p: LinParams, dt: torch.dtype, sdt: torch.dtype, seed: int, ctx: Case
     o, kv = ctx.ops.lightning_attention(*(t[:, :, :cut] for t in ta), sa, block_size=p.block_size)
     pool = ssm_state_pool(fa, p.b + 2, (p.h, p.d, p.d), sdt, p.layout)
     slots = [p.b + 1 - i for i in range(p.b)]  # reversed, not the batch order
+    fill_unread(pool, slots)
     before = pool.base.clone()
     for i, s in enumerate(slots):
         pool.view[s] = kv[i, :, -1].to(sdt)
@@ -198,7 +220,7 @@ def make_case(
         body = partial(_split, p, dt, sdt, seed)
         kw.setdefault("requires", (PREFILL, DECODE))
     elif op == PREFILL:
-        body = partial(_prefill, p, dt, sdt, kind)
+        body = partial(_prefill, p, dt, sdt, seed, kind)
     else:
         body = partial(_decode, p, dt, sdt, seed)
     return Case(
@@ -224,6 +246,18 @@ def fixed_cases() -> list[Case]:
     sp = LinParams(b=2, n=140, block_size=64, layout="page")
     cases.append(make_case(PREFILL, "split", sp, seed=14, quick=True))
     cases.append(make_case(PREFILL, "split", replace(sp, layout="transposed"), bf16, bf16, 15))
+    # numerics: slopes over a wide range, NaN/inf inputs (one chunk ends at the last token)
+    strong = LinParams(n=130, block_size=64, gate="strong")
+    cases.append(make_case(PREFILL, "oneshot", strong, seed=20, quick=True))
+    cases.append(make_case(PREFILL, "split", replace(strong, e=strong.d), bf16, f32, seed=21))
+    cases.append(make_case(DECODE, "oneshot", LinParams(b=5, n_pad=2, gate="strong"), seed=22))
+    for j, kind in enumerate(POISONS[1:]):
+        pp = LinParams(n=128, block_size=64, poison=kind)
+        cases.append(make_case(PREFILL, "oneshot", pp, seed=23 + j, quick=kind == "nan_last"))
+        cases.append(make_case(PREFILL, "oneshot", replace(pp, n=100), f16, f32, seed=26 + j))
+        cases.append(
+            make_case(DECODE, "oneshot", LinParams(b=5, n_pad=2, poison=kind), seed=29 + j)
+        )
     for what in _BAD:
         cases.append(
             Case(op=_BAD[what][0], kind="bad_input", body=partial(_bad, what), params={"bad": what})
@@ -241,9 +275,13 @@ def draw_case(op: str, pick: Picker, mamba_type: str) -> Case:
         d=d,
         e=pick.choice((d, 4, 8)),
         layout=pick.choice(SSM_LAYOUTS),
+        gate=pick.choice(("normal", "normal", "strong")),
+        poison=pick.choice(("", "", *POISONS[1:])),
     )
     if op == PREFILL:
         kind = pick.choice(("oneshot", "oneshot", "batch", "split"))
+        if kind == "split":
+            p = replace(p, poison="")
         p = replace(
             p,
             n=pick.integer(4 if kind == "split" else 1, 200),

@@ -39,6 +39,7 @@ from mamba_backends.testing.cases._common import (
     pick_dtypes,
     pick_lens,
 )
+from mamba_backends.testing.cases._nonfinite import POISONS, fill_unread, inject_one_of
 
 OPS = ("mamba_chunk_scan_combined_varlen",)
 SSD = OPS[0]
@@ -60,6 +61,9 @@ class SsdParams:
     layout: str = "contig"  # initial_states / split pool layout
     pieces: tuple[tuple[int, ...], ...] = ()
     decode_steps: int = 0
+    gate: str = "normal"  # normal | strong (dt * A down to about -1e4 per token)
+    poison: str = ""  # see _nonfinite.POISONS
+    tail: int = 0  # padded tail of this many NaN tokens past cu_seqlens[-1]
 
     def show(self) -> dict[str, Any]:
         d: dict[str, Any] = {"lens": self.lens, "H": self.H, "P": self.P, "N": self.N}
@@ -67,6 +71,11 @@ class SsdParams:
         d.update(packed=self.packed, state=self.layout)
         if self.pieces:
             d.update(pieces=tuple(sum(p) for p in self.pieces), decode=self.decode_steps)
+        for k, v, default in (("gate", self.gate, "normal"), ("poison", self.poison, "")):
+            if v != default:
+                d[k] = v
+        if self.tail:
+            d["tail"] = self.tail
         return d
 
 
@@ -85,7 +94,7 @@ class SsdInputs:
 
 
 def build_ssd(f: Factory, p: SsdParams, dt: torch.dtype, sdt: torch.dtype, seed: int) -> SsdInputs:
-    T, H, P, N, G = sum(p.lens), p.H, p.P, p.N, p.G
+    T, H, P, N, G = sum(p.lens) + p.tail, p.H, p.P, p.N, p.G
     if p.packed:
         width = H * P + 2 * G * N
         xBC = f.randn(T, width + 3, dtype=dt)[:, :width]
@@ -96,8 +105,11 @@ def build_ssd(f: Factory, p: SsdParams, dt: torch.dtype, sdt: torch.dtype, seed:
         x = f.randn(T, H, P, dtype=dt)
         B = f.randn(T, G, N, dtype=dt, scale=0.5)
         C = f.randn(T, G, N, dtype=dt, scale=0.5)
-    dtv = f.randn(T, H, dtype=dt, scale=0.5)
-    A = -f.uniform(0.5, 4.0, H, dtype=f32)
+    strong = p.gate == "strong"
+    # strong: softplus(dt + dt_bias) from ~0 to ~20 and |A| up to 500, so dt * A spans
+    # -1e-4 .. -1e4 from one token to the next
+    dtv = f.randn(T, H, dtype=dt, scale=6.0 if strong else 0.5)
+    A = -f.uniform(0.5, 500.0 if strong else 4.0, H, dtype=f32)
     D = {"h": lambda: f.randn(H, dtype=f32), "hp": lambda: f.randn(H, P, dtype=f32)}.get(
         p.D, lambda: None
     )()
@@ -112,6 +124,15 @@ def build_ssd(f: Factory, p: SsdParams, dt: torch.dtype, sdt: torch.dtype, seed:
         init = pool.view * torch.tensor(has, device=f.device)[:, None, None, None].to(sdt)
         init = pool.view.copy_(init)  # zeros where a sequence has no initial state (the layer)
     ctx_lens = [rng.randint(1, 2 * p.chunk) if h else 0 for h in has]
+    starts = offsets(p.lens)
+    last = [starts[i + 1] - 1 for i in range(n)] if p.poison == "nan_last" else None
+    named = [("x", x, 0), ("dt", dtv, 0), ("B", B, 0), ("C", C, 0), ("z", z, 0)]
+    if p.poison != "nan_last":
+        named.append(("initial_states", init, 0))
+    inject_one_of(named, seed, p.poison, last)  # anywhere (the padded tail is NaN anyway)
+    for t in (x, dtv, B, C, z):
+        if t is not None and p.tail:
+            t[starts[-1] :] = float("nan")  # padding past cu_seqlens[-1]: never read
     return SsdInputs(x, dtv, A, B, C, D, z, dt_bias, init, ctx_lens)
 
 
@@ -167,7 +188,7 @@ def _inputs_untouched(check: Check, a: SsdInputs, snap: list[Tensor | None]) -> 
 def _run(p: SsdParams, dt: torch.dtype, sdt: torch.dtype, seed: int, kind: str, ctx: CaseContext):
     fa, fe = ctx.factories()
     a, e = (build_ssd(f, p, dt, sdt, seed) for f in (fa, fe))
-    T, n = sum(p.lens), len(p.lens)
+    T, n = sum(p.lens) + p.tail, len(p.lens)
     shape = (T, p.H, p.P)
     dev = a.x.device
     ref_out = torch.full(shape, float("nan"), dtype=dt)
@@ -200,8 +221,9 @@ def _run(p: SsdParams, dt: torch.dtype, sdt: torch.dtype, seed: int, kind: str, 
     # split: SSD on pieces through a strided state pool, then tied-form decode steps.
     plan = plan_slots(n, 0, seed, all_init=True)
     pool = ssm_state_pool(Factory(seed + 1, dev), plan.num_slots, (p.H, p.P, p.N), sdt, p.layout)
-    before = pool.base.clone()
     slots = list(plan.slots)
+    fill_unread(pool, slots)  # the null block and spare slots hold NaN: never read
+    before = pool.base.clone()
     idx = torch.tensor(slots, device=dev)
     if a.init is not None:
         pool.view[idx] = a.init
@@ -338,6 +360,20 @@ def fixed_cases() -> list[Case]:
     cases.append(
         make_case("split", replace(split, layout="transposed", z=True, D="hp"), f16, f16, 52)
     )
+    # numerics: dt * A over a model's whole range, NaN/inf inputs, a padded NaN tail
+    strong = SsdParams(lens=(64, 130, 1), H=4, G=2, chunk=64, gate="strong", init="all")
+    cases.append(make_case("oneshot", strong, seed=60, quick=True))
+    cases.append(make_case("oneshot", replace(strong, z=True, D="hp"), bf16, f32, seed=61))
+    cases.append(make_case("split", replace(split, gate="strong"), seed=62))
+    # found by the drawn cases: an inf state meeting a decay that underflows (inf * 0 = NaN)
+    tiny = SsdParams(lens=(5,), H=2, P=2, N=4, G=1, chunk=4, init="none", gate="strong")
+    cases.append(make_case("oneshot", replace(tiny, poison="inf"), seed=1))
+    # and one that only fp32 underflows: the spec's inf * e^-100 stays inf
+    cases.append(make_case("oneshot", replace(tiny, lens=(2,), poison="inf"), seed=1))
+    for j, poison in enumerate(POISONS[1:]):
+        pp = SsdParams(lens=(64, 40, 70), chunk=64, z=True, init="all", poison=poison, tail=j)
+        cases.append(make_case("oneshot", pp, seed=63 + j, quick=poison == "nan_last"))
+        cases.append(make_case("oneshot", replace(pp, chunk=16), f16, f32, seed=66 + j))
     for what in _BAD:
         cases.append(
             Case(op=SSD, kind="bad_input", body=partial(_bad, what, 0), params={"bad": what})
@@ -361,8 +397,11 @@ def draw_case(op: str, pick: Picker, mamba_type: str) -> Case:
         init=pick.choice(("none", "some", "all")),
         packed=pick.choice((True, False)),
         layout=pick.choice(SSM_LAYOUTS),
+        gate=pick.choice(("normal", "normal", "strong")),
     )
     kind = pick.choice(("oneshot", "oneshot", "batch", "split"))
+    if kind == "oneshot":
+        p = replace(p, poison=pick.choice(("", "", *POISONS[1:])), tail=pick.choice((0, 0, 2)))
     if kind == "split":
         n = pick.integer(1, 3)
         pieces = tuple(pick_lens(pick, n, 10) for _ in range(pick.integer(1, 3)))

@@ -54,7 +54,7 @@ static inline __attribute__((always_inline)) void mb_taps(
             if (K > 0) v += w1[c] * r1[c];
             if (K > 1) v += w2[c] * r2[c];
             if (K > 2) v += w3[c] * r3[c];
-            o[c] = v / (1.0f + mb_exp(-v));
+            o[c] = mb_silu(v);
         }
     } else {
         #pragma omp simd
@@ -153,7 +153,7 @@ static inline __attribute__((always_inline)) void mb_vblock(
             mb_vf v = bias[j] + w[0][j] * h[0][j];
             for (int k = 1; k <= K; ++k) v += w[k][j] * h[k][j];
             for (int k = 0; k < K; ++k) h[k][j] = h[k + 1][j];
-            if (silu) v = v * mb_vrcp(1.0f + mb_vexp(-v));
+            if (silu) v = mb_vsilu(v);
             mb_vstore(yp + j * VL * es, dt, v);
         }
     }
@@ -224,7 +224,7 @@ static inline __attribute__((always_inline)) int64_t mb_dec1(
             v += w * h[k];
         }
         for (int k = 0; k < K; ++k) mb_vstore(sp + k * cs + c * ses, sdt, h[k + 1]);
-        if (silu) v = v * mb_vrcp(1.0f + mb_vexp(-v));
+        if (silu) v = mb_vsilu(v);
         mb_vstore(yp + c * es, dt, v);
     }
     return c;

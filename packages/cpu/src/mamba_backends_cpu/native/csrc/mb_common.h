@@ -176,18 +176,25 @@ static inline float mb_log1p_exp(float y) {
 /* The spec's softplus (torch.nn.functional.softplus): log(1 + e^(beta x)) / beta, and x
    itself where beta x > threshold. */
 #define MB_SOFTPLUS_THRESHOLD 20.0f
+/* Below beta x = -87 the value (under 1.7e-38) is taken as 0, so softplus(-inf) is exactly 0
+   as in the spec (then 0 * inf is NaN there too). NaN stays NaN. */
 static inline float mb_softplus_beta(float x, float beta, float threshold) {
     const float bx = beta * x;
-    return bx > threshold ? x : mb_log1p_exp(bx) / beta;
+    return bx > threshold ? x : (bx < -87.0f ? 0.0f : mb_log1p_exp(bx) / beta);
 }
 
 /* softplus with beta = 1, threshold = 20 (the defaults the ops use) */
 static inline float mb_softplus(float x) {
-    return x > MB_SOFTPLUS_THRESHOLD ? x : mb_log1p_exp(x);
+    return x > MB_SOFTPLUS_THRESHOLD ? x : (x < -87.0f ? 0.0f : mb_log1p_exp(x));
 }
 
-/* x * sigmoid(x) */
-static inline float mb_silu(float x) { return x / (1.0f + mb_exp(-x)); }
+/* x * sigmoid(x), with the spec's (torch's) non-finite values: silu(-inf) = -inf * 0 = NaN,
+   silu(+inf) = +inf, NaN stays NaN. Below x = -88 sigmoid(x) is taken as 0 (x * 0 = -0, the
+   spec's value rounds to a denormal there), which also turns -inf into NaN. Branch-free. */
+static inline float mb_silu(float x) {
+    const float s = 1.0f / (1.0f + mb_exp(-x));
+    return x * (x < -88.0f ? 0.0f : s);
+}
 
 /* ------------------------------------------------------------------ portable vectors */
 /* MB_VL fp32 lanes: the target's native register width, so that no vector type wider than
@@ -216,8 +223,9 @@ static inline float mb_vsum(mb_vf x) {
 
 #if defined(__AVX512F__)
 MB_ALWAYS_INLINE mb_vf mb_vclamp(mb_vf v, float lo, float hi) {
-    return (mb_vf)_mm512_min_ps(_mm512_max_ps((__m512)v, _mm512_set1_ps(lo)),
-                                _mm512_set1_ps(hi));
+    /* min/max return their second operand when one is NaN: v goes second (NaN stays NaN) */
+    return (mb_vf)_mm512_min_ps(_mm512_set1_ps(hi),
+                                _mm512_max_ps(_mm512_set1_ps(lo), (__m512)v));
 }
 /* 1 / d for finite d > 0: 14-bit estimate and one Newton step (relative error ~1e-8) */
 MB_ALWAYS_INLINE mb_vf mb_vrcp(mb_vf d) {
@@ -258,6 +266,14 @@ MB_ALWAYS_INLINE mb_vf mb_vexp(mb_vf x) {
     const mb_vi e = (__builtin_convertvector(n, mb_vi) + 127) << 23;
     return p * (mb_vf)e;
 #endif
+}
+
+/* mb_silu on MB_VL lanes (same non-finite values) */
+MB_ALWAYS_INLINE mb_vf mb_vsilu(mb_vf v) {
+    const mb_vf s = v * mb_vrcp(1.0f + mb_vexp(-v));
+    const mb_vi tiny = v < -88.0f;
+    const mb_vf zero = v * 0.0f; /* -0, or NaN for -inf */
+    return (mb_vf)(((mb_vi)s & ~tiny) | ((mb_vi)zero & tiny));
 }
 
 /* MB_VL fp32 (dt 0) or bf16 (dt 1) values from p */

@@ -137,9 +137,10 @@ static inline __attribute__((always_inline)) void scan_blk_v512(
     for (int64_t tb = t0; chan_last && tb < t1; ++tb) {
         __m512 dtv = _mm512_add_ps(_mm512_maskz_loadu_ps(m, delta + d0 + tb * k[5]), dbv);
         if (softplus) dtv = vsoftplus(dtv);
-        dtv = _mm512_min_ps(dtv, _mm512_set1_ps(1e18f));
         const __m512 uv = _mm512_maskz_loadu_ps(m, u + d0 + tb * k[1]);
-        const __m512 xu = _mm512_mul_ps(dtv, uv);
+        const __m512 xu = _mm512_mul_ps(dtv, uv); /* dt = inf: an infinite input, as the spec */
+        /* |dt * A * log2(e)| stays finite, which vexp2_nc needs; NaN stays NaN */
+        dtv = _mm512_min_ps(_mm512_set1_ps(1e18f), dtv);
         const float* b = Bg + tb * bt;
         const float* c = Cg + tb * ct;
         __m512 acc0 = _mm512_mul_ps(Dv, uv), acc1 = _mm512_setzero_ps();
@@ -172,10 +173,9 @@ static inline __attribute__((always_inline)) void scan_blk_v512(
             __m512 dtv = _mm512_add_ps(ld_tok(delta + d * k[4] + tb * k[5], k[5], tl),
                                        _mm512_set1_ps(dbias ? dbias[d] : 0.0f));
             if (softplus) dtv = vsoftplus(dtv);
-            /* |dt * A * log2(e)| stays finite, which vexp2_nc needs */
-            dtv = _mm512_min_ps(dtv, _mm512_set1_ps(1e18f));
-            rdt[q] = dtv;
             rxu[q] = _mm512_mul_ps(dtv, ld_tok(u + d * k[0] + tb * k[1], k[1], tl));
+            /* |dt * A * log2(e)| stays finite, which vexp2_nc needs; NaN stays NaN */
+            rdt[q] = _mm512_min_ps(_mm512_set1_ps(1e18f), dtv);
         }
         tr16(rdt);
         tr16(rxu);
@@ -336,7 +336,7 @@ int mb_scan_varlen(const MbScanVarlenArgs* a, int64_t args_size) {
                 if (z) {
                     float* zp = z + d * k[2] + t * k[3];
                     const float zv = *zp;
-                    *zp = yv * (zv / (1.0f + mb_exp(-zv)));
+                    *zp = yv * mb_silu(zv);
                 }
             }
         }

@@ -1,6 +1,14 @@
 /* Mamba2 SSD prefill as a recurrence (mb_ssd_f32), the state of a (sequence, head) in cache. */
 #include "mb_common.h"
 
+/* exp(dt * A) of one token, zero exactly where the spec's float64 exp is (below -745.13):
+   an infinite state times a vanished decay is NaN there (inf * 0), and stays inf where the
+   decay is merely tiny (mb_exp clamps its input to -87: e^-87 stands in for anything
+   smaller). NaN stays NaN. */
+static inline float ssd_decay(float a) {
+    return a < -745.13f ? 0.0f : (a > 88.0f ? INFINITY : mb_exp(a));
+}
+
 /* SSD epilogue for one token and head: y = (acc + D x) * silu(z). */
 static inline void ssd_out(float* yt, float* yv, const float* xt, const float* dh,
                            const float* zt, int64_t P) {
@@ -53,7 +61,7 @@ int mb_ssd_f32(const MbSsdArgs* a, int64_t args_size) {
                 const float *b[4], *cc[4], *xt[4];
                 for (int u = 0; u < 4; ++u) {
                     dtv[u] = dt[(t + u) * H + h];
-                    dA[u] = mb_exp(dtv[u] * ah);
+                    dA[u] = ssd_decay(dtv[u] * ah);
                     b[u] = B + ((t + u) * G + g) * N;
                     cc[u] = C + ((t + u) * G + g) * N;
                     xt[u] = x + ((t + u) * H + h) * P;
@@ -85,7 +93,7 @@ int mb_ssd_f32(const MbSsdArgs* a, int64_t args_size) {
             }
             for (; t < t_end; ++t) {
                 const float dtv = dt[t * H + h];
-                const float dA = mb_exp(dtv * ah);
+                const float dA = ssd_decay(dtv * ah);
                 const float* b = B + (t * G + g) * N;
                 const float* cc = C + (t * G + g) * N;
                 const float* xt = x + (t * H + h) * P;

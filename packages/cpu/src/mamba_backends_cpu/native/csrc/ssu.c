@@ -58,7 +58,7 @@
         if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                                \
         if (z) {                                                                       \
             const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                    \
-            acc *= zv / (1.0f + mb_exp(-zv));                                            \
+            acc *= mb_silu(zv);                                            \
         }                                                                              \
         out[r * k[21] + hh * k[22] + p * k[23]] = acc;                                 \
     }
@@ -86,7 +86,7 @@
             if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                            \
             if (z) {                                                                   \
                 const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                \
-                acc *= zv / (1.0f + mb_exp(-zv));                                        \
+                acc *= mb_silu(zv);                                        \
             }                                                                          \
             out[r * k[21] + hh * k[22] + p * k[23]] = acc;                             \
         }                                                                              \
@@ -150,7 +150,7 @@ SSU_V512_FN(f16, mb_half)
             if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                            \
             if (z) {                                                                    \
                 const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                \
-                acc *= zv / (1.0f + mb_exp(-zv));                                        \
+                acc *= mb_silu(zv);                                        \
             }                                                                           \
             out[r * k[21] + hh * k[22] + p * k[23]] = acc;                             \
         }                                                                               \

@@ -36,15 +36,18 @@ static inline __m512 vexp2_nc(__m512 t) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0000001192092896f));
     return _mm512_scalef_ps(p, n);
 }
-static inline __m512 vexp2(__m512 t) { return vexp2_nc(_mm512_max_ps(t, _mm512_set1_ps(-126.0f))); }
+static inline __m512 vexp2(__m512 t) { return vexp2_nc(_mm512_max_ps(_mm512_set1_ps(-126.0f), t)); }
 
 /* y * silu(z) = y * z / (1 + exp(-z)); exp(-z) is capped at 2^100 so that 1/(1 + e) stays
-   finite (the gate is then below 1e-30 anyway). */
+   finite (the gate is then below 1e-30 anyway). Below z = -88 the gate is taken as 0, so
+   that, as in the spec, y * z * 0 is NaN where y * z is not finite (z = -inf included). */
 static inline __m512 vgate(__m512 y, __m512 z) {
-    const __m512 t = _mm512_min_ps(_mm512_mul_ps(z, _mm512_set1_ps(-MB_LOG2E)),
-                                   _mm512_set1_ps(100.0f));
-    return _mm512_mul_ps(_mm512_mul_ps(y, z),
-                         vrcp(_mm512_add_ps(_mm512_set1_ps(1.0f), vexp2(t))));
+    const __m512 t = _mm512_min_ps(_mm512_set1_ps(100.0f),
+                                   _mm512_mul_ps(z, _mm512_set1_ps(-MB_LOG2E)));
+    const __m512 yz = _mm512_mul_ps(y, z);
+    const __m512 g = _mm512_mul_ps(yz, vrcp(_mm512_add_ps(_mm512_set1_ps(1.0f), vexp2(t))));
+    const __mmask16 tiny = _mm512_cmp_ps_mask(z, _mm512_set1_ps(-88.0f), _CMP_LT_OQ);
+    return _mm512_mask_mul_ps(g, tiny, yz, _mm512_setzero_ps());
 }
 
 /* mb_softplus on 16 lanes: max(x, 0) + log1p(e^-|x|) by the series of mb_log1p_exp. Above
@@ -61,7 +64,11 @@ static inline __m512 vsoftplus(__m512 x) {
     p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 5.0f));
     p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f / 3.0f));
     p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(1.0f));
-    return _mm512_fmadd_ps(_mm512_add_ps(r, r), p, _mm512_max_ps(x, _mm512_setzero_ps()));
+    const __m512 sp =
+        _mm512_fmadd_ps(_mm512_add_ps(r, r), p, _mm512_max_ps(_mm512_setzero_ps(), x));
+    /* as mb_softplus: 0 below -87 (softplus(-inf) = 0 exactly) */
+    const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+    return _mm512_mask_mov_ps(sp, tiny, _mm512_setzero_ps());
 }
 
 #endif /* MB_AVX512_H */
