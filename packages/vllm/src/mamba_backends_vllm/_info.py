@@ -18,13 +18,28 @@ _COLUMNS = (
     ("status", "status", 8),
     ("backend", "backend", 22),
     ("rule", "rule", 9),
+    ("patched", "patched", 7),
+)
+
+#: What the two state columns mean (shown under the table).
+LEGEND = (
+    "status routed: that layer type goes to the backend in this process (vLLM's attention "
+    "backend is overridden and an import hook waits for the layer's module; in a 'plan' it "
+    "would, once vLLM loads the plugin); native: vLLM's own kernels serve it, for the reason "
+    "given.",
+    "patched yes: vLLM imported the layer's module in this process and its kernels now call "
+    "the backend; no: not imported here (a model without that layer type, a process that "
+    "imports no layer such as vLLM's engine core, or outside vLLM).",
 )
 
 
 def _row(mamba_type: str, layer: dict[str, Any]) -> str:
     cells = [f"{mamba_type:<18}"]
     for key, _, width in _COLUMNS:
-        cells.append(f"{str(layer.get(key) or '-'):<{width}}")
+        value = layer.get(key)
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        cells.append(f"{str(value or '-'):<{width}}")
     reason = layer.get("reason") or ""
     return " ".join(cells + [reason]).rstrip()
 
@@ -44,6 +59,7 @@ def info_section(requested: bool = False) -> InfoSection:
     header = " ".join([f"{'mamba type':<18}", *(f"{h:<{w}}" for _, h, w in _COLUMNS), "reason"])
     lines = [header]
     lines += [_row(t, layer) for t, layer in table.get("layers", {}).items()]
+    lines += LEGEND
     return InfoSection(
         data={"routing": table},
         summary=f"plugin {table.get('summary', '?')}  ({table.get('source', '')}; "

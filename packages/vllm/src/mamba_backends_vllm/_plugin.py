@@ -347,6 +347,15 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
         return spec
 
 
+#: Appended to the start-up line when a layer type is routed: vLLM still builds its own kernel
+#: dispatchers at model init, and their log lines would otherwise suggest that they serve.
+ROUTED_NOTE = (
+    " | the layers routed to a mamba-backends backend call only its kernels: vLLM's own "
+    "kernel-backend start-up lines (e.g. 'CPUSSUBackend: using compiled C++ "
+    "selective_state_update kernel') name kernels that those layers do not call"
+)
+
+
 def _format(decisions: dict[str, RouteDecision], summary: str) -> str:
     if summary:
         return f"mamba-backends vLLM plugin: staying native ({summary})"
@@ -356,7 +365,8 @@ def _format(decisions: dict[str, RouteDecision], summary: str) -> str:
             parts.append(f"{d.layer_class} [{d.mamba_type}] -> {d.backend} ({d.rule})")
         else:
             parts.append(f"{d.layer_class} [{d.mamba_type}] -> vLLM native ({d.reason})")
-    return "mamba-backends vLLM plugin: " + "; ".join(parts)
+    routed = any(d.status == "routed" for d in decisions.values())
+    return "mamba-backends vLLM plugin: " + "; ".join(parts) + (ROUTED_NOTE if routed else "")
 
 
 def log_once() -> None:

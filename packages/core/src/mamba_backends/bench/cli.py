@@ -21,7 +21,7 @@ import torch
 from mamba_backends.bench.cases import DTYPES, table_for
 from mamba_backends.bench.harness import Impl
 from mamba_backends.bench.report import format_table, write_json, write_plot
-from mamba_backends.bench.runner import BenchConfig, ours_impl, run_bench, select
+from mamba_backends.bench.runner import BenchConfig, ours_impl, ours_measured, run_bench, select
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def add_bench_parser(sub: Any) -> None:
         help="torch.set_num_threads(N) first (also bounds vLLM's C++ ops, which share torch's "
         "OpenMP pool); 1 gives steadier ratios on a busy host",
     )
-    p.set_defaults(func=_cmd_bench)
+    p.set_defaults(func=_cmd_bench, subparser=p)
 
 
 def _backend_overrides(values: list[str]) -> dict[str, str]:
@@ -199,4 +199,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     sys.stdout.write(f"wrote {json_path}" + (f" and {plot_path}" if plot_path else "") + "\n")
     if plot_path is None:
         logger.warning("bench: the plot was skipped (see above)")
+    if not ours_measured(rows):
+        sys.stderr.write(
+            f"mamba-backends bench: none of our ops was measured ({len(rows)} rows; every "
+            '"ours" cell is n/a, an error or not implemented: see the note column)\n'
+        )
+        return 1
     return 0

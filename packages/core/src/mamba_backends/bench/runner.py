@@ -14,6 +14,7 @@ from mamba_backends.bench import baselines as bl
 from mamba_backends.bench.cases import DTYPES, CaseSpec, shape_label
 from mamba_backends.bench.harness import (
     NOT_IMPLEMENTED,
+    OK,
     UNAVAILABLE,
     Case,
     Impl,
@@ -194,6 +195,12 @@ def _error_row(spec: CaseSpec, dtype: torch.dtype, err: Exception) -> dict[str, 
         note=f"inputs could not be built: {type(err).__name__}: {err}",
     )
     return row
+
+
+def ours_measured(rows: Iterable[dict[str, Any]]) -> int:
+    """How many rows timed our op (``ours_status`` ok); 0 means the run measured nothing of
+    ours (every "ours" cell is n/a, an error or not implemented)."""
+    return sum(1 for r in rows if r.get("ours_status") == OK)
 
 
 def select(specs: Iterable[CaseSpec], ops: Sequence[str]) -> list[CaseSpec]:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+import torch
 
 from mamba_backends.selector import get_mamba_backend
 from mamba_backends.testing.runner import OpSummary, check_backend
@@ -35,7 +38,7 @@ def add_check_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", default=None, help="run on this device (default: backend's own)")
     p.add_argument("--full", action="store_true", help="the whole fixed grid, not the quick one")
-    p.set_defaults(func=_cmd_check)
+    p.set_defaults(func=_cmd_check, subparser=p)
 
 
 def parse_types(text: str) -> list[str]:
@@ -66,6 +69,39 @@ def run_check(
             continue
         rows += check_backend(backend, quick=not full, device=device)
     return rows
+
+
+def device_problem(device: str) -> str:
+    """Why ``device`` cannot run the check here ("" when it can): not a torch device string,
+    a device this torch build or machine lacks, or ``meta`` (nothing to compare)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        return f"not a torch device ({e})"
+    if dev.type == "meta":
+        return "meta tensors hold no values to compare"
+    try:
+        torch.zeros(1, device=dev)
+    except Exception as e:  # noqa: BLE001 - e.g. AssertionError: Torch not compiled with CUDA
+        return f"not usable here ({type(e).__name__}: {e})"
+    return ""
+
+
+def common_failure(rows: Sequence[OpSummary]) -> str:
+    """The reason shared by every failing row (when more than one fails), in full; else "".
+
+    A row's detail is ``"<case id>: <message>"`` or a message: the shared reason is the longest
+    tail, cut after a ``": "``, that every failing row's detail ends with.
+    """
+    details = [r.detail for r in rows if not r.ok]
+    if len(details) < 2:
+        return ""
+    first = details[0]
+    for cut in (0, *(m.end() for m in re.finditer(": ", first))):
+        tail = first[cut:]
+        if tail and all(d == tail or d.endswith(": " + tail) for d in details):
+            return tail
+    return ""
 
 
 def _fmt_float(x: float, total: int) -> str:
@@ -105,15 +141,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ValueError as e:
         sys.stderr.write(f"mamba-backends check: {e}\n")
         return 2
+    if args.device is not None:
+        reason = device_problem(args.device)
+        if reason:
+            sys.stderr.write(f"mamba-backends check: --device {args.device!r}: {reason}\n")
+            return 2
+    from mamba_backends.platform import get_current_platform
+
+    platform = get_current_platform().name  # PlatformError: the CLI reports it, exit 2
     rows = run_check(types, device=args.device, full=args.full)
     ok = bool(rows) and all(r.ok for r in rows)
     n_bad = sum(not r.ok for r in rows)
-    from mamba_backends.platform import get_current_platform
-
-    try:
-        platform = get_current_platform().name
-    except Exception as e:  # noqa: BLE001 - the table is still useful without a name
-        platform = f"unknown ({e})"
     if args.json:
         doc = {
             "platform": platform,
@@ -125,6 +163,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     else:
         subset = "full grid" if args.full else "quick subset"
         sys.stdout.write(f"mamba-backends check: platform {platform}, {subset}\n")
+        common = common_failure(rows)
+        if common:
+            sys.stdout.write(f"every failing op failed the same way: {common}\n")
         sys.stdout.write(format_table(rows) + "\n")
         verdict = "PASS" if ok else f"FAIL ({n_bad} of {len(rows)} ops not passing)"
         sys.stdout.write(f"result: {verdict}\n")
