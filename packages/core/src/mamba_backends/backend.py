@@ -4,6 +4,10 @@ A backend is data plus functions. It names its mamba type, the dtypes and device
 its metadata builder, and one module that holds its kernels under vLLM's op names. It holds no
 hidden global state: :meth:`MambaBackend.ops` imports the op module lazily and caches nothing but
 that module object.
+
+By default the kernels are handed out behind ``torch.library`` custom ops
+(:mod:`mamba_backends.library`: opaque, correct nodes under ``torch.compile``, as vLLM needs);
+``ops(raw=True)`` or ``MAMBA_BACKENDS_CUSTOM_OPS=0`` hands out the module's functions themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mamba_backends.library import custom_op_wrapper, custom_ops_mode
 from mamba_backends.metadata import MambaMetadataBuilder
 from mamba_backends.types import MAMBA_TYPES
 
@@ -48,13 +53,25 @@ class MambaOps:
     """A backend's kernels, reached by vLLM's op names: ``Backend.ops().selective_state_update``.
 
     Only the ops of the backend's mamba type are exposed. An op that the backend's module does
-    not provide raises ``NotImplementedError`` naming the backend and the op.
+    not provide raises ``NotImplementedError`` naming the backend and the op. ``mode`` is
+    ``"trace"`` (the default of :meth:`MambaBackend.ops`: each op is its ``torch.library``
+    custom-op wrapper, registered on first access), ``"always"`` (wrappers that dispatch in
+    eager mode too) or ``"off"`` (the module's functions). The module is read at every access,
+    so a function replaced in it is seen.
     """
 
-    def __init__(self, backend_name: str, names: tuple[str, ...], module: ModuleType) -> None:
+    def __init__(
+        self, backend_name: str, names: tuple[str, ...], module: ModuleType, mode: str = "off"
+    ) -> None:
         self._backend_name = backend_name
         self._names = names
         self._module = module
+        self._mode = mode
+
+    @property
+    def mode(self) -> str:
+        """``"trace"``, ``"always"`` or ``"off"`` (see the class docstring)."""
+        return self._mode
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -75,6 +92,9 @@ class MambaOps:
                 f"backend {self._backend_name!r} does not implement op {name!r} "
                 f"(module {self._module.__name__!r} has no such function)"
             )
+        if self._mode != "off":
+            eager_dispatch = self._mode == "always"
+            return custom_op_wrapper(self._module.__name__, name, fn, eager_dispatch=eager_dispatch)
         return fn
 
     def __dir__(self) -> list[str]:
@@ -117,7 +137,8 @@ class MambaBackend:
     #: SSD chunk size the metadata builder uses (mamba2 only; None elsewhere).
     chunk_size: ClassVar[int | None] = None
 
-    _ops_cache: ClassVar[dict[type, MambaOps]] = {}
+    _ops_cache: ClassVar[dict[type, MambaOps]] = {}  # in the mode MAMBA_BACKENDS_CUSTOM_OPS says
+    _raw_ops_cache: ClassVar[dict[type, MambaOps]] = {}  # ops(raw=True)
 
     @classmethod
     def get_name(cls) -> str:
@@ -140,18 +161,27 @@ class MambaBackend:
         return OP_NAMES[cls.mamba_type]
 
     @classmethod
-    def ops(cls) -> MambaOps:
+    def ops(cls, raw: bool = False) -> MambaOps:
         """The backend's kernels under vLLM's op names (the one documented accessor).
 
         Example: ``get_mamba_backend("mamba2").ops().selective_state_update(...)``.
+
+        Each op is a wrapper with the spec's signature around a ``torch.library`` custom op
+        (``torch.ops.mamba_backends.*``, registered on first access): traced, it is one opaque
+        node, so ``torch.compile(fullgraph=True)`` and CUDA graphs see through no kernel; in
+        eager mode it calls the kernel directly. With ``raw=True``, or
+        ``MAMBA_BACKENDS_CUSTOM_OPS=0``, the ops module's functions are handed out as they are
+        (see :mod:`mamba_backends.library` for ``MAMBA_BACKENDS_CUSTOM_OPS=always``).
         """
-        cached = MambaBackend._ops_cache.get(cls)
-        if cached is None:
+        mode = "off" if raw else custom_ops_mode()
+        cache = MambaBackend._raw_ops_cache if raw else MambaBackend._ops_cache
+        cached = cache.get(cls)
+        if cached is None or cached.mode != mode:
             if not cls.ops_module:
                 raise NotImplementedError(f"backend {cls.get_name()!r} declares no ops_module")
             module = importlib.import_module(cls.ops_module)
-            cached = MambaOps(cls.get_name(), cls.op_names(), module)
-            MambaBackend._ops_cache[cls] = cached
+            cached = MambaOps(cls.get_name(), cls.op_names(), module, mode=mode)
+            cache[cls] = cached
         return cached
 
     @classmethod
@@ -163,6 +193,7 @@ class MambaBackend:
     def clear_ops_cache(cls) -> None:
         """Forget every backend's cached :class:`MambaOps` (platform switches, plugin reloads)."""
         MambaBackend._ops_cache.clear()
+        MambaBackend._raw_ops_cache.clear()
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
