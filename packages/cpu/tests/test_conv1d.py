@@ -1,7 +1,7 @@
 """CPU causal conv1d (prefill and decode) against the spec (float64, loop level).
 
 Every test that calls the ops runs twice (``path``): through the fused C kernel
-(``_native_conv``) and through the PyTorch fallback. Channel counts of 64 and more reach the
+(``native/conv.py``) and through the PyTorch fallback. Channel counts of 64 and more reach the
 kernel's 16-lane vector path (blocks of 64 channels); the rest run its scalar path.
 """
 
@@ -9,30 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import close, qsl_of
 
 from mamba_backends.reference import conv1d as spec
-from mamba_backends_cpu.native import conv as _native_conv
 from mamba_backends_cpu.ops import conv1d as cpu
-
-#: max |error| allowed relative to max |expected|, per dtype of the compared tensor
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    assert actual.shape == expected.shape
-    a, e = actual.double(), expected.double()
-    scale = max(e.abs().max().item(), 1e-3) if e.numel() else 1.0
-    err = (a - e).abs().max().item() if e.numel() else 0.0
-    assert err <= TOL[dtype] * scale, f"max err {err:.3g} vs scale {scale:.3g} ({dtype})"
-
-
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    """The ops run through the fused native kernel, or the pure-PyTorch fallback."""
-    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1" if request.param == "native" else "0")
-    if request.param == "native" and _native_conv.lib() is None:
-        pytest.skip("no C compiler: native kernels unavailable")
-    return request.param
 
 
 def pool(slots: int, dim: int, K: int, dtype: torch.dtype, layout: str, gen: torch.Generator):
@@ -41,10 +21,6 @@ def pool(slots: int, dim: int, K: int, dtype: torch.dtype, layout: str, gen: tor
     if layout == "sd":
         return torch.randn(slots, K, dim, generator=gen).to(dtype).transpose(1, 2)
     return torch.randn(slots, dim, K, generator=gen).to(dtype)
-
-
-def qsl_of(lens: list[int]) -> torch.Tensor:
-    return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
 
 
 CASES = [  # (lens, slots, has_init); slot -1 = pad, 0 = null block

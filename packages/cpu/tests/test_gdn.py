@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pytest
 import torch
+from conftest import close
 
 from mamba_backends import tuning
 from mamba_backends.reference import gdn as spec
 from mamba_backends_cpu.native import gdn as _native_gdn
 from mamba_backends_cpu.ops import gdn as cpu
 
+#: Every test runs on the fused C kernels and on the PyTorch fallback.
+pytestmark = pytest.mark.usefixtures("path")
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-#: max |error| allowed, relative to max |expected|, per compute-visible dtype
-TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float64: 1e-10}
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    a, e = actual.double(), expected.double()
-    assert a.shape == e.shape
-    scale = max(e.abs().max().item(), 1e-3)
-    err = (a - e).abs().max().item()
-    assert err <= TOL[dtype] * scale, f"max err {err:.3g} vs scale {scale:.3g} ({dtype})"
-
-
-@pytest.fixture(autouse=True, params=["native", "torch"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on the fused C kernels and on the PyTorch fallback."""
-    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1" if request.param == "native" else "0")
-    if request.param == "native" and shutil.which("cc") is None:
-        pytest.skip("no C compiler: native kernels unavailable")
-    return str(request.param)
 
 
 def test_native_builds_here(path: str) -> None:

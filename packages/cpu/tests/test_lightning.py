@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import close
 
 from mamba_backends import tuning
 from mamba_backends.reference import lightning as spec
 from mamba_backends_cpu.ops import lightning as cpu
 
-TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float64: 1e-10}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    a, e = actual.double(), expected.double()
-    assert a.shape == e.shape
-    scale = max(e.abs().max().item(), 1e-3)
-    err = (a - e).abs().max().item()
-    assert err <= TOL[dtype] * scale, f"max err {err:.3g} vs scale {scale:.3g} ({dtype})"
 
 
 def make(b: int, h: int, n: int, d: int, e: int, dtype: torch.dtype, seed: int = 0):

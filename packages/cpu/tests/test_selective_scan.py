@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import close, qsl_of
 
 from mamba_backends.reference import selective_scan as spec
 from mamba_backends.reference import state_update as spec_su
-from mamba_backends_cpu.native import ssm as _native
 from mamba_backends_cpu.ops import selective_scan as cpu
 from mamba_backends_cpu.ops.state_update import selective_state_update
-
-#: max |error| allowed relative to max |expected|, per dtype of the compared tensor
-TOL = {torch.float32: 3e-5, torch.bfloat16: 1.6e-2, torch.float16: 3e-3}
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    assert actual.shape == expected.shape
-    a, e = actual.double(), expected.double()
-    scale = max(e.abs().max().item(), 1e-3)
-    err = (a - e).abs().max().item()
-    assert err <= TOL[dtype] * scale, f"max err {err:.3g} vs scale {scale:.3g} ({dtype})"
-
-
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1" if request.param == "native" else "0")
-    if request.param == "native" and not _native.available():
-        pytest.skip("no C compiler: native kernels unavailable")
-    return request.param
-
-
-def qsl_of(lens: list[int]) -> torch.Tensor:
-    return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
 
 
 def make(Dm: int, N: int, G: int, T: int, dtype, gen, *, dt_shift: float = 0.0, tokens_last=True):

@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
 import torch
+from conftest import close as close_to_spec
+from conftest import qsl_of
 
 from mamba_backends.metadata import compute_chunk_metadata
 from mamba_backends.reference import ssd as spec
-from mamba_backends_cpu.native import ssm as _native
+from mamba_backends.testing import Tolerance
 from mamba_backends_cpu.ops import ssd as cpu
 from mamba_backends_cpu.ops.state_update import selective_state_update
 
-#: max |error| allowed relative to max |expected|, per dtype of the compared tensor
-TOL = {torch.float32: 3e-5, torch.bfloat16: 1.6e-2, torch.float16: 3e-3}
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    assert actual.shape == expected.shape
-    a, e = actual.double(), expected.double()
-    scale = max(e.abs().max().item(), 1e-3)
-    err = (a - e).abs().max().item()
-    assert err <= TOL[dtype] * scale, f"max err {err:.3g} vs scale {scale:.3g} ({dtype})"
-
-
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    """Run a test on the fused native recurrence and on the pure-PyTorch matmul form."""
-    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1" if request.param == "native" else "0")
-    if request.param == "native" and not _native.available():
-        pytest.skip("no C compiler: native kernels unavailable")
-    return request.param
-
-
-def qsl_of(lens: list[int]) -> torch.Tensor:
-    return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+#: fp32 bound of this file (conftest's STRICT has 1e-5): the chunked matmul form sums
+#: decayed products of O(10) states over 64-token chunks, and its elementwise error reaches
+#: 1.5e-5 * (1 + |e|) at these shapes. The file's former factor, 3e-5.
+SSD_FP32 = Tolerance(atol=3e-5, rtol=3e-5)
+close = functools.partial(close_to_spec, fp32=SSD_FP32)
 
 
 def make(T: int, H: int, P: int, N: int, G: int, dtype, gen):

@@ -8,29 +8,11 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import close
 
 from mamba_backends.reference import state_update as spec
 from mamba_backends_cpu.native import ssm as _native
 from mamba_backends_cpu.ops import state_update as cpu
-
-#: max |error| allowed relative to max |expected|, per dtype of the compared tensor
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    assert actual.shape == expected.shape
-    a, e = actual.double(), expected.double()
-    scale = max(e.abs().max().item(), 1e-3)
-    err = (a - e).abs().max().item()
-    assert err <= TOL[dtype] * scale, f"max err {err:.3g} vs scale {scale:.3g} ({dtype})"
-
-
-@pytest.fixture(params=["native", "torch"])
-def path(request, monkeypatch):
-    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1" if request.param == "native" else "0")
-    if request.param == "native" and not _native.available():
-        pytest.skip("no C compiler: native kernels unavailable")
-    return request.param
 
 
 def test_native_builds_here() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata as md
 import json
 from collections.abc import Callable, Iterator
@@ -16,8 +17,12 @@ from mamba_backends import tuning
 from mamba_backends.bench.cases import CASES, DTYPES, CaseSpec
 from mamba_backends.bench.inputs import BUILDERS
 from mamba_backends.tuning import TuningError, clear_tuning_cache, configs
-from mamba_backends_cpu.ops import gdn, lightning, selective_scan, ssd
-from mamba_backends_cpu.tuning import FIELDS
+from mamba_backends_cpu.native import _build
+from mamba_backends_cpu.native import conv as native_conv
+from mamba_backends_cpu.native import gdn as native_gdn
+from mamba_backends_cpu.native import ssm as native_ssm
+from mamba_backends_cpu.ops import conv1d, gdn, lightning, selective_scan, ssd
+from mamba_backends_cpu.tuning import FIELDS, NATIVE_FIELDS, cpu_config
 
 
 def _cdt(dtype: torch.dtype) -> torch.dtype:
@@ -55,7 +60,9 @@ def test_tables_are_registered_and_valid() -> None:
     folder = resources.files("mamba_backends_cpu.tuning")
     files = sorted(f.name for f in folder.iterdir() if f.name.endswith(".json"))
     assert files == sorted(f"{op}.json" for op in FIELDS)
-    assert set(FIELDS) == set(CONFIG_AT) == set(ALTERNATIVE)
+    assert set(FIELDS) - set(NATIVE_FIELDS) == set(CONFIG_AT) == set(ALTERNATIVE)
+    assert set(NATIVE_FIELDS) == set(NATIVE) == set(NATIVE_DEFAULTS)
+    assert {native_conv.TUNING_OP, native_gdn.TUNING_OP, native_ssm.SCAN_TUNING_OP} == set(NATIVE)
     for op in FIELDS:
         cfgs = configs(op, "cpu")  # reads and validates the file
         assert cfgs and all(device == "cpu" for device, _ in cfgs)
@@ -108,12 +115,14 @@ OPS = {
     "linear_decode_forward": lightning.linear_decode_forward,
     "selective_scan_fn": selective_scan.selective_scan_fn,
     "mamba_chunk_scan_combined_varlen": ssd.mamba_chunk_scan_combined_varlen,
+    "causal_conv1d_fn": conv1d.causal_conv1d_fn,
 }
 
 
-def _run(op: str) -> list[torch.Tensor]:
-    """``op`` at its small shape, fp32: every tensor it returns or writes."""
-    inputs = BUILDERS[op](ALTERNATIVE[op][0], torch.float32, torch.device("cpu"))
+def _run(op: str, params: dict[str, Any] | None = None) -> list[torch.Tensor]:
+    """``op`` at its small shape (or ``params``), fp32: every tensor it returns or writes."""
+    shape = ALTERNATIVE[op][0] if params is None else params
+    inputs = BUILDERS[op](shape, torch.float32, torch.device("cpu"))
     args = {k: v for k, v in inputs.args.items() if not k.startswith("_")}
     result = OPS[op](**args)
     results = list(result) if isinstance(result, (tuple, list)) else [result]
@@ -148,3 +157,100 @@ def test_env_dir_reaches_the_ops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         _run("chunk_gated_delta_rule")
     monkeypatch.delenv(tuning.ENV_DIR)
     _run("chunk_gated_delta_rule")
+
+
+# ------------------------------------------------------------------ native kernels' tunables
+
+#: The former module constants of the native layer (``CHUNK_TOKENS``/``PREFETCH`` in
+#: ``native/conv.py``, ``TOKEN_BLOCK``/``ROWS_MAX_TOKENS`` in ``native/gdn.py``,
+#: ``SCAN_PREFETCH`` in ``native/ssm.py``).
+NATIVE_DEFAULTS: dict[str, dict[str, int]] = {
+    "native_conv": {"chunk_tokens": 128, "prefetch": 8},
+    "native_gdn": {"token_block": 32, "rows_max_tokens": 8},
+    "native_scan": {"prefetch": 32},
+}
+
+#: table -> (public op, bench params, a non-default config, the kernel symbol that runs with
+#: the defaults, the one the non-default config must select). The conv row is one long
+#: request (split in token chunks across threads); the GDN row decodes 5 single tokens, and
+#: ``rows_max_tokens = 0`` moves them from the rows kernel to the tile kernel (token block 1).
+NATIVE: dict[str, tuple[str, dict[str, Any], dict[str, int], str, str]] = {
+    "native_conv": (
+        "causal_conv1d_fn",
+        {"dim": 80, "W": 4, "seqlens": (300,)},
+        {"chunk_tokens": 7, "prefetch": 0},
+        "mb_conv",
+        "mb_conv",
+    ),
+    "native_gdn": (
+        "fused_recurrent_gated_delta_rule",
+        {"H": 1, "HV": 2, "K": 16, "V": 40, "batch": 5},
+        {"token_block": 1, "rows_max_tokens": 0},
+        "mb_gdn_rows",
+        "mb_gdn_tiles",
+    ),
+    "native_scan": (
+        "selective_scan_fn",
+        {"dim": 40, "N": 16, "seqlens": (70, 9)},
+        {"prefetch": 3},
+        "mb_scan_varlen",
+        "mb_scan_varlen",
+    ),
+}
+
+
+def test_native_defaults_are_the_former_constants() -> None:
+    assert cpu_config("native_conv", dim=4096, W=4) == NATIVE_DEFAULTS["native_conv"]
+    assert cpu_config("native_gdn", K=128, V=128) == NATIVE_DEFAULTS["native_gdn"]
+    assert cpu_config("native_scan", N=16) == NATIVE_DEFAULTS["native_scan"]
+
+
+def _run_native(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[torch.Tensor], list[tuple[str, ctypes.Structure]]]:
+    """The table's op on the native path: its tensors, and every (kernel, struct) it called."""
+    op, params, *_ = NATIVE[table]
+    calls: list[tuple[str, ctypes.Structure]] = []
+    real = _build.call
+
+    def spy(fn: Any, args: ctypes.Structure) -> None:
+        calls.append((getattr(fn, "__name__", str(fn)), args))
+        real(fn, args)
+
+    monkeypatch.setattr(_build, "call", spy)
+    try:
+        return _run(op, params), calls
+    finally:
+        monkeypatch.setattr(_build, "call", real)
+
+
+@pytest.mark.parametrize("table", sorted(NATIVE))
+def test_native_kernels_read_their_table(table: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native kernels take their tunables from the lookup: the defaults reach the
+    argument struct, a changed config reaches it too (and picks the kernel it names) with the
+    same result, and a broken one is refused by name."""
+    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1")
+    if not (native_conv.lib() is not None and native_gdn.available() and native_ssm.available()):
+        pytest.skip("native kernels unavailable (no C compiler)")
+    _, _, alt, kernel, alt_kernel = NATIVE[table]
+    expected, calls = _run_native(table, monkeypatch)
+    ours = [(name, a) for name, a in calls if name == kernel]
+    assert ours, f"{kernel} did not run: {[n for n, _ in calls]}"
+    struct_fields = {f for f, *_ in type(ours[0][1])._fields_}
+    assert struct_fields & set(alt), f"no tunable of {alt} in {kernel}'s struct"
+    for _, args in ours:
+        for name in struct_fields & set(alt):
+            assert getattr(args, name) == NATIVE_DEFAULTS[table][name]
+    with tuning.override(table, alt, device="cpu"):
+        actual, calls = _run_native(table, monkeypatch)
+    ours = [(name, a) for name, a in calls if name == alt_kernel]
+    assert ours, f"{alt_kernel} did not run under {alt}: {[n for n, _ in calls]}"
+    for _, args in ours:
+        for name in struct_fields & set(alt):
+            assert getattr(args, name) == alt[name]
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=2e-5, atol=2e-5, equal_nan=True)
+    with tuning.override(table, {}, device="cpu"):
+        with pytest.raises(TuningError, match=f"{table}.*{next(iter(NATIVE_FIELDS[table]))}"):
+            _run_native(table, monkeypatch)

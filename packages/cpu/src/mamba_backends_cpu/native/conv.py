@@ -16,13 +16,14 @@ import torch
 from torch import Tensor
 
 from mamba_backends_cpu.native import _build
+from mamba_backends_cpu.tuning import cpu_config
 
 #: The widest kernel the C source holds (``KMAX + 1``).
 MAX_WIDTH = 4
-#: Prefill tokens per work item when a request is split across threads (a per-CPU tunable).
-CHUNK_TOKENS = 128
-#: Tokens ahead that the vector path prefetches (a per-CPU tunable).
-PREFETCH = 8
+#: The tuning table of the per-CPU tunables (``chunk_tokens``: prefill tokens per work item
+#: when a request is split across threads; ``prefetch``: tokens ahead that the vector path
+#: prefetches), in ``mamba_backends_cpu/tuning/native_conv.json``.
+TUNING_OP = "native_conv"
 
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _INDEX = (torch.int32, torch.int64)
@@ -110,6 +111,7 @@ def conv(
     def ptr(t: Tensor | None) -> int | None:
         return None if t is None else t.data_ptr()
 
+    cfg = cpu_config(TUNING_OP, dim=dim, W=W)
     args = MbConvArgs(
         ptr(x), ptr(y), ptr(states), ptr(weight), ptr(bias), ptr(qsl), ptr(slots),
         ptr(has_init), B, L, dim, W,
@@ -125,6 +127,6 @@ def conv(
         pad if pad is not None else 0, int(pad is not None),
         null if null is not None else 0, int(null is not None),
         init_mode, int(silu), int(zero_skipped), int(split), mode, torch.get_num_threads(),
-        CHUNK_TOKENS, PREFETCH,
+        cfg["chunk_tokens"], cfg["prefetch"],
     )  # fmt: skip
     _build.call(cdll.mb_conv, args)

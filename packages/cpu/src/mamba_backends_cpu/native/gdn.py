@@ -15,11 +15,12 @@ from torch import Tensor
 
 from mamba_backends.reference.gdn import L2NORM_EPS
 from mamba_backends_cpu.native import _build
+from mamba_backends_cpu.tuning import cpu_config
 
-#: Decode (rows kernel) when no sequence has more tokens than this; else the tile kernel.
-ROWS_MAX_TOKENS = 8
-#: Tokens the tile kernel prepares per block (a per-CPU tunable).
-TOKEN_BLOCK = 32
+#: The tuning table of the per-CPU tunables (``rows_max_tokens``: the rows (decode) kernel
+#: runs when no sequence has more tokens than this, else the tile kernel; ``token_block``:
+#: tokens the tile kernel prepares per block), in ``mamba_backends_cpu/tuning/native_gdn.json``.
+TUNING_OP = "native_gdn"
 
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -147,7 +148,8 @@ def delta_rule(
     ``state_in``/``state_out``: ``[slots, HV, V, K]`` any strides (may be the same tensor);
     ``seq: [N, 4]`` int64 rows (first token, count, source slot, destination slot), see
     ``csrc/gdn.c`` for ``dst_mode`` and ``dst2d: [N, ncol]`` int64. The tile kernel runs when
-    ``max_len`` exceeds :data:`ROWS_MAX_TOKENS`, the rows kernel otherwise.
+    ``max_len`` exceeds the table's ``rows_max_tokens`` (:data:`TUNING_OP`), the rows kernel
+    otherwise.
     """
     lib = _lib()
     assert lib is not None
@@ -160,6 +162,7 @@ def delta_rule(
     g2 = g.reshape(BT, HV)
     b3 = None if beta is None else beta.reshape(BT, HV, V if beta.dim() == 4 else 1)
     b_st = (0, 0, 0) if b3 is None else (*b3.stride()[:2], b3.stride(2) if b3.shape[2] > 1 else 0)
+    cfg = cpu_config(TUNING_OP, K=K, V=V)
     args = MbGdnArgs(
         _ptr(q), _ptr(k), _ptr(v), _ptr(g2), _ptr(b3), _ptr(o), _ptr(state_in),
         _ptr(state_out), _ptr(seq), _ptr(dst2d),
@@ -169,7 +172,7 @@ def delta_rule(
         _code(state_out), q.stride()[:2], k.stride()[:2], v.stride()[:2], g2.stride(), b_st,
         o.stride()[:2], (0,) * 4 if state_in is None else state_in.stride(),
         (0,) * 4 if state_out is None else state_out.stride(), torch.get_num_threads(),
-        TOKEN_BLOCK, float(scale),
+        cfg["token_block"], float(scale),
     )  # fmt: skip
-    fn = lib.mb_gdn_tiles if max_len > ROWS_MAX_TOKENS else lib.mb_gdn_rows
+    fn = lib.mb_gdn_tiles if max_len > cfg["rows_max_tokens"] else lib.mb_gdn_rows
     _build.call(fn, args)

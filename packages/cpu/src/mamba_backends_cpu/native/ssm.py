@@ -23,12 +23,14 @@ import torch
 from torch import Tensor
 
 from mamba_backends_cpu.native import _build
+from mamba_backends_cpu.tuning import cpu_config
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
-#: Tokens ahead that the AVX-512 scan prefetches on strided rows (a per-CPU tunable).
-SCAN_PREFETCH = 32
+#: The tuning table of the scan's per-CPU tunable (``prefetch``: tokens ahead that the AVX-512
+#: scan prefetches on strided rows), in ``mamba_backends_cpu/tuning/native_scan.json``.
+SCAN_TUNING_OP = "native_scan"
 
 
 class MbScanArgs(ctypes.Structure):
@@ -279,7 +281,8 @@ def scan_varlen(
     r = run.to(torch.uint8).contiguous()
     args = MbScanVarlenArgs(
         _p(u), _p(db), _p(Ac), _p(B), _p(C), _p(Df), _p(z), _p(delta), _p(h), _p(r), _p(q),
-        q.numel() - 1, Dm, N, G, int(softplus), torch.get_num_threads(), SCAN_PREFETCH,
+        q.numel() - 1, Dm, N, G, int(softplus), torch.get_num_threads(),
+        cpu_config(SCAN_TUNING_OP, N=N)["prefetch"],
         u.stride(), z.stride() if z is not None else (0, 0), delta.stride(), B.stride(),
         C.stride(),
     )  # fmt: skip

@@ -1,7 +1,8 @@
 """CPU tuning tables: one ``<op>.json`` per op, read through :mod:`mamba_backends.tuning`.
 
-Registered as entry point ``cpu`` of group ``mamba_backends.tuning``. Only the PyTorch paths
-read them; the native C kernels keep their compile-time constants. :func:`cpu_config` is the
+Registered as entry point ``cpu`` of group ``mamba_backends.tuning``. The PyTorch paths read
+the op tables; the native C kernels read ``native_<kernel>.json`` (per-CPU tunables passed in
+their argument structs, e.g. prefetch distances and work-item sizes). :func:`cpu_config` is the
 kernels' checked view: the lookup on device ``"cpu"``, then a check of every field the kernel
 reads (a hand-written ``MAMBA_BACKENDS_TUNING_DIR`` table gets a clear error, not a crash).
 """
@@ -22,6 +23,10 @@ def _pow2(v: Any) -> bool:
     return _int(v) and not v & (v - 1)
 
 
+def _nonneg(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
 def _bool(v: Any) -> bool:
     return isinstance(v, bool)
 
@@ -30,8 +35,9 @@ def _ints(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(_int(x) for x in v)
 
 
-_POS, _POW2, _BOOL, _LIST = (
+_POS, _NONNEG, _POW2, _BOOL, _LIST = (
     (_int, "an int >= 1"),
+    (_nonneg, "an int >= 0"),
     (_pow2, "a power of two"),
     (_bool, "true or false"),
     (_ints, "a non-empty list of ints >= 1"),
@@ -46,6 +52,14 @@ FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "selective_scan_fn": {"block_lengths": _LIST},
     "mamba_chunk_scan_combined_varlen": {"block": _POS},
 }
+
+#: What the native C kernels read from their tables (passed in the kernels' argument structs).
+NATIVE_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "native_conv": {"chunk_tokens": _POS, "prefetch": _NONNEG},
+    "native_gdn": {"token_block": _POS, "rows_max_tokens": _NONNEG},
+    "native_scan": {"prefetch": _NONNEG},
+}
+FIELDS.update(NATIVE_FIELDS)
 
 
 def dtype_name(dtype: object) -> str:
