@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import close, qsl_of
+from cpu_checks import close, qsl_of
 
 from mamba_backends.reference import conv1d as spec
 from mamba_backends_cpu.ops import conv1d as cpu

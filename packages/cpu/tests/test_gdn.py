@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import close
+from cpu_checks import close
 
 from mamba_backends import tuning
 from mamba_backends.reference import gdn as spec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import close
+from cpu_checks import close
 
 from mamba_backends import tuning
 from mamba_backends.reference import lightning as spec

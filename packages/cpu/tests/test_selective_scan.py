@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import close, qsl_of
+from cpu_checks import close, qsl_of
 
 from mamba_backends.reference import selective_scan as spec
 from mamba_backends.reference import state_update as spec_su

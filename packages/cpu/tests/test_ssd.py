@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import close as close_to_spec
-from conftest import qsl_of
+from cpu_checks import close as close_to_spec
+from cpu_checks import qsl_of
 
 from mamba_backends.metadata import compute_chunk_metadata
 from mamba_backends.reference import ssd as spec

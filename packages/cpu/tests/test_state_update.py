@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import close
+from cpu_checks import close
 
 from mamba_backends.reference import state_update as spec
 from mamba_backends_cpu.native import ssm as _native

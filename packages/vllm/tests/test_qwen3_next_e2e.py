@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MAX_TOKENS, Engines, compare
+from _engines import MAX_TOKENS, Engines, compare
 
 pytestmark = pytest.mark.slow
 
