@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mamba_backends.info import InfoSection
+from mamba_backends_cpu import native
 
 
 def _state(lib: dict[str, Any]) -> str:
@@ -23,19 +24,7 @@ def _state(lib: dict[str, Any]) -> str:
 
 def info_section(requested: bool = False) -> InfoSection:
     """``mamba_backends_cpu.native.status()`` as an ``info`` section (cheap: builds nothing)."""
-    # TODO(lead): drop this guard once mamba_backends_cpu.native.status() has landed.
-    try:
-        from mamba_backends_cpu import native
-
-        status_fn = getattr(native, "status", None)
-    except ImportError:
-        status_fn = None
-    if status_fn is None:
-        return InfoSection(
-            data={"status": None},
-            summary="status unknown (this build has no mamba_backends_cpu.native.status())",
-        )
-    libs: dict[str, dict[str, Any]] = dict(status_fn())
+    libs: dict[str, dict[str, Any]] = dict(native.status())
     states = {name: _state(lib) for name, lib in libs.items()}
     bad = [name for name, lib in libs.items() if not lib.get("active") and _is_failure(lib)]
     if bad:
