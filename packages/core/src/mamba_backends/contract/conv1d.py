@@ -9,12 +9,12 @@ import torch
 from torch import Tensor
 
 from mamba_backends.contract.generic import (
-    FLAG_DTYPES,
     FLOAT_DTYPES,
     INDEX_DTYPES,
     check_no_aliases,
     check_offsets,
     check_optional_vector,
+    check_sequence_slots,
     check_slot_indices,
     check_tensor,
     check_writable,
@@ -63,20 +63,18 @@ def check_causal_conv1d_fn_args(
     check_tensor(op, "query_start_loc", query_start_loc, device=dev)
     check_offsets(op, "query_start_loc", query_start_loc, total, check_values=values)
     batch = query_start_loc.shape[0] - 1
-    num_slots = conv_states.shape[0]
-    if cache_indices is not None:
-        check_tensor(op, "cache_indices", cache_indices, shape=(batch,), device=dev)
-        check_slot_indices(
-            op, "cache_indices", cache_indices, num_slots, pad_slot_id=pad_slot_id,
-            null_block_id=null_block_id, check_values=values, unique=True,
-        )  # fmt: skip
-    elif num_slots < batch:
-        raise fail(op, "conv_states", f"needs >= {batch} slots without cache_indices")
-    if has_initial_state is not None:
-        check_tensor(
-            op, "has_initial_state", has_initial_state, shape=(batch,), dtypes=FLAG_DTYPES,
-            device=dev,
-        )  # fmt: skip
+    check_sequence_slots(
+        op,
+        "conv_states",
+        conv_states.shape[0],
+        batch,
+        cache_indices,
+        has_initial_state,
+        dev,
+        pad_slot_id=pad_slot_id,
+        null_block_id=null_block_id,
+        check_values=values,
+    )
 
 
 def check_causal_conv1d_update_args(

@@ -362,3 +362,34 @@ def check_not_supported(op: str, **args: object) -> None:
     for name, value in args.items():
         if value is not None:
             raise NotImplementedError(f"{op}: argument '{name}' is not supported by this kernel")
+
+
+def check_sequence_slots(
+    op: str,
+    state_name: str,
+    num_slots: int,
+    batch: int,
+    cache_indices: Tensor | None,
+    has_initial_state: Tensor | None,
+    device: torch.device,
+    *,
+    pad_slot_id: int | None,
+    null_block_id: int | None,
+    check_values: bool,
+) -> None:
+    """The per-sequence slot arguments of a varlen prefill: ``cache_indices`` ``(batch,)``
+    (unique real slots in ``[0, num_slots)``; without it sequence ``b`` uses slot ``b``, so the
+    pool named ``state_name`` needs ``batch`` slots) and ``has_initial_state`` ``(batch,)``."""
+    if cache_indices is not None:
+        check_tensor(op, "cache_indices", cache_indices, shape=(batch,), device=device)
+        check_slot_indices(
+            op, "cache_indices", cache_indices, num_slots, pad_slot_id=pad_slot_id,
+            null_block_id=null_block_id, check_values=check_values, unique=True,
+        )  # fmt: skip
+    elif num_slots < batch:
+        raise fail(op, state_name, f"needs >= {batch} slots without cache_indices")
+    if has_initial_state is not None:
+        check_tensor(
+            op, "has_initial_state", has_initial_state, shape=(batch,), dtypes=FLAG_DTYPES,
+            device=device,
+        )  # fmt: skip

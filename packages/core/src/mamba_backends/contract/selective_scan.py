@@ -5,12 +5,11 @@ from __future__ import annotations
 from torch import Tensor
 
 from mamba_backends.contract.generic import (
-    FLAG_DTYPES,
     FLOAT_DTYPES,
     check_no_alias,
     check_offsets,
     check_optional_vector,
-    check_slot_indices,
+    check_sequence_slots,
     check_tensor,
     check_writable,
     fail,
@@ -89,17 +88,15 @@ def check_selective_scan_args(
         batch = query_start_loc.shape[0] - 1
     else:
         batch = u.shape[0]
-    num_slots = ssm_states.shape[0]
-    if cache_indices is not None:
-        check_tensor(op, "cache_indices", cache_indices, shape=(batch,), device=dev)
-        check_slot_indices(
-            op, "cache_indices", cache_indices, num_slots, pad_slot_id=pad_slot_id,
-            null_block_id=null_block_id, check_values=values, unique=True,
-        )  # fmt: skip
-    elif num_slots < batch:
-        raise fail(op, "ssm_states", f"needs >= {batch} slots without cache_indices")
-    if has_initial_state is not None:
-        check_tensor(
-            op, "has_initial_state", has_initial_state, shape=(batch,), dtypes=FLAG_DTYPES,
-            device=dev,
-        )  # fmt: skip
+    check_sequence_slots(
+        op,
+        "ssm_states",
+        ssm_states.shape[0],
+        batch,
+        cache_indices,
+        has_initial_state,
+        dev,
+        pad_slot_id=pad_slot_id,
+        null_block_id=null_block_id,
+        check_values=values,
+    )
