@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata as md
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -362,3 +363,33 @@ def test_override_is_validated(vendor: Vendor) -> None:
     with pytest.raises(TuningError, match="when"):
         with tuning.override("op", {"BLOCK": 1}, when={"N": [3, 1]}):
             pass
+
+
+# ------------------------------------------------------------------ the resolved-entry memo
+
+
+def test_resolved_entries_follow_overrides_env_and_clear(
+    vendor: Vendor, env_dir: Callable[..., Path]
+) -> None:
+    folder = vendor("v", {"op": table("op", entry("cpu", {"N": [1, 64]}, BLOCK=1))})
+    assert lookup("op", "cpu", N=8) == {"BLOCK": 1}  # resolved and memoised
+    g0 = tuning.generation()
+    with tuning.override("op", {"BLOCK": 2}):
+        assert tuning.generation() > g0
+        assert lookup("op", "cpu", N=8) == {"BLOCK": 2}
+    assert lookup("op", "cpu", N=8) == {"BLOCK": 1}  # the exit forgot the override's answer
+    env_dir({"op": table("op", entry("cpu", BLOCK=3))})
+    assert lookup("op", "cpu", N=8) == {"BLOCK": 3}
+    os.environ.pop(tuning.ENV_DIR)
+    assert lookup("op", "cpu", N=8) == {"BLOCK": 1}
+    (folder / "op.json").write_text(json.dumps(table("op", entry("cpu", BLOCK=4))))
+    clear_tuning_cache()
+    assert lookup("op", "cpu", N=8) == {"BLOCK": 4}
+
+
+def test_memo_keys_keep_types_apart_and_tolerate_unhashable_values(vendor: Vendor) -> None:
+    vendor("v", {"op": table("op", entry("cpu", {"W": 1}, pick="one"), entry("default", pick="d"))})
+    assert lookup("op", "cpu", W=1)["pick"] == "one"
+    assert lookup("op", "cpu", W=True)["pick"] == "d"  # True == 1 as a dict key, not here
+    assert lookup("op", "cpu", W=1.0)["pick"] == "one"  # a float equal to the int matches
+    assert lookup("op", "cpu", W=[1])["pick"] == "d"  # type: ignore[arg-type]

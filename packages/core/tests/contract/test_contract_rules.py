@@ -110,7 +110,7 @@ def test_no_checker_reads_values_of_device_tensors(monkeypatch: pytest.MonkeyPat
     # the debug switch is honoured for accelerator tensors, never for meta ones
     monkeypatch.setenv(V.CHECK_VALUES_ENV, "1")
     _all_checks_on_meta()
-    cuda_like = SimpleNamespace(device=SimpleNamespace(type="cuda"))
+    cuda_like = SimpleNamespace(device=SimpleNamespace(type="cuda"), is_cpu=False, is_meta=False)
     assert V.values_enabled(None, cuda_like)  # type: ignore[arg-type]
     monkeypatch.delenv(V.CHECK_VALUES_ENV)
     assert not V.values_enabled(None, cuda_like)  # type: ignore[arg-type]
@@ -264,3 +264,27 @@ def test_overlap_classification() -> None:
     assert V.overlap(buf, torch.zeros(8, 6)) == "none"
     assert V.overlap(buf[:, 0], buf[:, 1]) == "none"  # unlike layouts judged exactly
     assert V.overlap(buf[:, 0], buf[3]) == "partial"
+
+
+@pytest.mark.parametrize("n", [5, 5000])  # the host-list path (decode) and the tensor path
+def test_offset_value_rules_on_both_paths(n: int) -> None:
+    good = torch.arange(n, dtype=torch.int32)
+    total = n - 1
+    V.check_offsets("op", "cu", good, total, check_values=True, strictly_increasing=True)
+    V.check_offsets("op", "cu", good, total + 3, check_values=True)  # padded tail
+
+    def bad(t: torch.Tensor, fragment: str, total: int = total, strict: bool = False) -> None:
+        with pytest.raises(V.ContractError, match=fragment) as info:
+            V.check_offsets("op", "cu", t, total, check_values=True, strictly_increasing=strict)
+        assert (info.value.op, info.value.arg) == ("op", "cu")
+
+    bad(good + 1, "must start at 0", total=n)
+    bad(good, r"must lie in \[0, 2\]", total=2)
+    dec = good.clone()
+    dec[n // 2] = dec[n // 2 - 1] - 1
+    bad(dec, "must be non-decreasing")
+    flat = good.clone()
+    flat[n // 2] = flat[n // 2 - 1]
+    V.check_offsets("op", "cu", flat, total, check_values=True)
+    bad(flat, "must be strictly increasing", strict=True)
+    V.check_offsets("op", "cu", dec, total, check_values=False)  # values not read

@@ -16,6 +16,7 @@ Conventions (see :mod:`mamba_backends.types`):
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -68,12 +69,14 @@ def values_enabled(check_values: bool | None, *tensors: Tensor | None) -> bool:
     """
     if check_values is not None:
         return check_values
-    present = [t for t in tensors if t is not None]
-    if any(t.device.type == "meta" for t in present):
+    for t in tensors:
+        if t is not None and not t.is_cpu:
+            break
+    else:
+        return True  # the common CPU call: no environment read
+    if any(t is not None and t.is_meta for t in tensors):
         return False
-    if os.environ.get(CHECK_VALUES_ENV, "") == "1":
-        return True
-    return all(t.device.type == "cpu" for t in present)
+    return os.environ.get(CHECK_VALUES_ENV, "") == "1"
 
 
 def check_tensor(
@@ -94,12 +97,17 @@ def check_tensor(
         if t.dim() not in allowed:
             dims = " or ".join(map(str, allowed))
             raise fail(op, name, f"must have {dims} dims, got shape {tuple(t.shape)}")
-    if shape is not None and t.shape != shape:  # torch.Size == tuple: the fast, common case
-        if t.dim() != len(shape) or any(
-            s is not None and s != got for s, got in zip(shape, t.shape, strict=True)
-        ):
+    if shape is not None:
+        got = t.shape
+        bad = len(got) != len(shape)
+        if not bad:
+            for i, s in enumerate(shape):  # a plain loop: this runs several times per call
+                if s is not None and s != got[i]:
+                    bad = True
+                    break
+        if bad:
             want = tuple("*" if s is None else s for s in shape)
-            raise fail(op, name, f"must have shape {want}, got {tuple(t.shape)}")
+            raise fail(op, name, f"must have shape {want}, got {tuple(got)}")
     if dtypes is not None and t.dtype not in dtypes:
         names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise fail(op, name, f"must have dtype in ({names}), got {t.dtype}")
@@ -254,6 +262,23 @@ def check_no_aliases(
 # --------------------------------------------------------------------------------------------
 
 
+_SMALL_INDEX_COUNT = 4096
+
+
+def _check_offsets_list(
+    op: str, name: str, vals: list[int], total: int, strictly_increasing: bool
+) -> None:
+    """:func:`check_offsets`'s value rules on a host list (the same messages)."""
+    if vals[0] != 0:
+        raise fail(op, name, f"must start at 0, got {vals[0]}")
+    if vals[-1] > total:
+        raise fail(op, name, f"values must lie in [0, {total}], got {vals}")
+    for a, b in itertools.pairwise(vals):
+        if b < a or (strictly_increasing and b == a):
+            kind = "strictly increasing" if strictly_increasing else "non-decreasing"
+            raise fail(op, name, f"must be {kind}, got {vals}")
+
+
 def check_offsets(
     op: str,
     name: str,
@@ -270,6 +295,10 @@ def check_offsets(
         raise fail(op, name, "must hold at least one offset")
     if not check_values:
         return
+    if offsets.numel() <= _SMALL_INDEX_COUNT:
+        # Decode batches: a host list costs microseconds, torch ops tens of them.
+        _check_offsets_list(op, name, offsets.tolist(), total, strictly_increasing)
+        return
     v = offsets.detach().to("cpu", torch.int64)
     if int(v[0]) != 0:
         raise fail(op, name, f"must start at 0, got {int(v[0])}")
@@ -279,9 +308,6 @@ def check_offsets(
     if bool((d < 0).any()) or (strictly_increasing and bool((d == 0).any())):
         kind = "strictly increasing" if strictly_increasing else "non-decreasing"
         raise fail(op, name, f"must be {kind}, got {v.tolist()}")
-
-
-_SMALL_INDEX_COUNT = 4096
 
 
 def _range_msg(slot: int, num_slots: int, pad: int | None, null: int | None) -> str:

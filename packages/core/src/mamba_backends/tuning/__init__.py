@@ -20,9 +20,12 @@ Where the entries come from, highest precedence first:
    ``mamba_backends.tuning`` (name = vendor, value = the package holding the files), in
    entry-point name order. Two packages defining the same ``(op, device, when)`` is an error.
 
-Files are read and validated on the first lookup of their op and cached (a lookup is then a
-few dict operations); :func:`clear_tuning_cache` forgets them, and a change of
-``MAMBA_BACKENDS_TUNING_DIR`` is noticed by the next lookup.
+Files are read and validated on the first lookup of their op and cached, and so is the
+entry each ``(op, device, keys)`` resolves to: a repeated lookup (every kernel call does one)
+is one dict probe plus the copy of a flat config. :func:`clear_tuning_cache` and every
+:func:`override` enter/exit forget the resolved entries (:func:`generation` counts those
+events, for callers that memoise on top), and a change of ``MAMBA_BACKENDS_TUNING_DIR`` is
+noticed by the next lookup.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ __all__ = [
     "TuningError",
     "clear_tuning_cache",
     "configs",
+    "generation",
     "lookup",
     "ops",
     "override",
@@ -69,6 +73,34 @@ _tables: dict[str, Table] = {}
 _tables_env: str | None = None  # the ENV_DIR value the cached tables were read under
 _packages: list[Source] | None = None
 _overrides: tuple[tuple[str, Entry], ...] = ()  # (op, entry), innermost last
+# (op, device, sorted keys) -> the entry that wins; valid for _resolved_env/_generation only
+_resolved: dict[tuple[Any, ...], Entry] = {}
+_resolved_env: str | None = None
+_generation = 0
+
+
+def generation() -> int:
+    """A counter bumped whenever a lookup may answer differently: :func:`clear_tuning_cache`,
+    :func:`override` enter/exit, a new ``MAMBA_BACKENDS_TUNING_DIR``. Memoise on
+    ``(generation(), ...)`` to stay correct."""
+    _sync_env(os.environ.get(ENV_DIR) or None)
+    return _generation
+
+
+def _invalidate() -> None:
+    """Forget resolved entries (caller holds ``_lock``)."""
+    global _generation
+    _resolved.clear()
+    _generation += 1
+
+
+def _sync_env(env: str | None) -> None:
+    global _resolved_env
+    if env != _resolved_env:
+        with _lock:
+            if env != _resolved_env:
+                _invalidate()
+                _resolved_env = env
 
 
 def clear_tuning_cache() -> None:
@@ -80,6 +112,7 @@ def clear_tuning_cache() -> None:
     with _lock:
         _tables.clear()
         _packages = None
+        _invalidate()
 
 
 def _layers(env: str | None) -> list[list[Source]]:
@@ -128,15 +161,34 @@ def lookup(op: str, device: str, **keys: int | str | bool) -> dict[str, Any]:
     ``LookupError``) naming op, device and keys when no entry matches, or when a table that
     had to be read is malformed.
     """
+    _sync_env(os.environ.get(ENV_DIR) or None)
+    gen = _generation
+    # The value's type is part of the key: True == 1 for a dict, not for a ``when`` condition.
+    memo: tuple[Any, ...] | None = (op, device, *((k, type(v), v) for k, v in sorted(keys.items())))
+    try:
+        hit = _resolved.get(memo)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable key value: resolve without the memo
+        memo, hit = None, None
+    if hit is not None:
+        return _chosen(op, device, keys, hit)
+    e = _resolve(op, device, keys)
+    if memo is not None:
+        with _lock:
+            if gen == _generation:  # nothing changed while resolving
+                _resolved[memo] = e
+    return _chosen(op, device, keys, e)
+
+
+def _resolve(op: str, device: str, keys: dict[str, Any]) -> Entry:
     order = _search_order(device)
     for ov_op, e in reversed(_overrides):
         if ov_op == op and (e.device is None or e.device in order) and e.holds(keys):
-            return _chosen(op, device, keys, e)
+            return e
     table = _table(op)
     for dev in order:
         for e in table.by_device.get(dev, ()):
             if e.holds(keys):
-                return _chosen(op, device, keys, e)
+                return e
     where = ", ".join(table.sources) or "no table file for this op in any source"
     raise TuningError(
         f"no tuning entry for op {op!r} on device {device!r} with keys {keys}: searched "
@@ -190,8 +242,10 @@ def override(
     item = (op, entry)
     with _lock:
         _overrides = (*_overrides, item)
+        _invalidate()
     try:
         yield
     finally:
         with _lock:
             _overrides = tuple(o for o in _overrides if o is not item)
+            _invalidate()

@@ -9,6 +9,7 @@ all math is fp32.
 from __future__ import annotations
 
 import ctypes
+import itertools
 
 import torch
 from torch import Tensor
@@ -123,6 +124,54 @@ def gating(
     )  # fmt: skip
     _build.call(lib.mb_gdn_gating, args)
     return g, bo
+
+
+def seq_table(
+    B: int,
+    T: int,
+    cu_seqlens: Tensor | None,
+    ssm_state_indices: Tensor | None,
+    num_accepted_tokens: Tensor | None,
+    has_state: bool,
+) -> tuple[Tensor, int]:
+    """The ``seq: [N, 4]`` int64 table of :func:`delta_rule` and the longest run length.
+
+    Row ``n``: first token (in the flattened ``B * T``), tokens to run (0 for a skipped
+    sequence: empty, or a pad (< 0) / null (0) source slot when ``ssm_state_indices`` is
+    given), source slot (``-1`` without states), destination slot (``-1`` when skipped or
+    without states). The source slot is ``ssm_state_indices[n]`` (1-D), column
+    ``num_accepted_tokens[n] - 1`` (or 0) of row ``n`` (2-D), or ``n``. Built on host lists:
+    a decode call pays microseconds here, not a dozen small torch ops.
+    """
+    if cu_seqlens is None:
+        starts = [b * T for b in range(B)]
+        lens = [T] * B
+    else:
+        cu = cu_seqlens.tolist()
+        starts, lens = cu[:-1], [b - a for a, b in itertools.pairwise(cu)]
+    N = len(starts)
+    if ssm_state_indices is None:
+        src = list(range(N))
+    elif ssm_state_indices.dim() == 1:
+        src = ssm_state_indices.tolist()
+    else:
+        rows = ssm_state_indices.tolist()
+        cols = (
+            [0] * N
+            if num_accepted_tokens is None
+            else [c - 1 for c in num_accepted_tokens.tolist()]
+        )
+        src = [r[c] for r, c in zip(rows, cols, strict=True)]
+    gated = ssm_state_indices is not None
+    flat: list[int] = []
+    max_len = 0
+    for n in range(N):
+        keep = lens[n] > 0 and (not gated or src[n] > 0)
+        run = lens[n] if keep else 0
+        max_len = max(max_len, run)
+        s = src[n] if has_state else -1
+        flat += (starts[n], run, s, s if keep else -1)
+    return torch.tensor(flat, dtype=torch.int64).view(N, 4), max_len
 
 
 def delta_rule(

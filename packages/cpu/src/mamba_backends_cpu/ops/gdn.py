@@ -461,8 +461,37 @@ def _recurrent(
     BT = B * T
     G = HV // H
     sc = K**-0.5 if scale is None else float(scale)
-    starts, lens = _seq_starts_lens(B, T, cu_seqlens)
+    if (
+        not exact
+        and _native_gdn.supported(q, k, v, g, beta, initial_state)
+        and (_native_gdn.available())
+    ):
+        has_state = initial_state is not None
+        seq, max_len = _native_gdn.seq_table(
+            B, T, cu_seqlens, ssm_state_indices, num_accepted_tokens, has_state
+        )
+        o = torch.zeros(B, T, HV, V, dtype=q.dtype)
+        state_out: Tensor | None = initial_state
+        mode = 0
+        if not inplace_final_state:
+            sdt = torch.float32 if initial_state is None else initial_state.dtype
+            state_out = torch.zeros(BT, HV, V, K, dtype=sdt)
+            mode = 2
+        elif ssm_state_indices is not None and ssm_state_indices.dim() == 2:
+            mode = 1
+        dst2d = None
+        if mode == 1:
+            assert ssm_state_indices is not None
+            dst2d = ssm_state_indices.to("cpu", torch.int64).contiguous()
+        _native_gdn.delta_rule(
+            q.reshape(BT, H, K), k.reshape(BT, H, K), v.reshape(BT, HV, V), g, beta,
+            o.view(BT, HV, V), sc, use_qk_l2norm_in_kernel, seq, initial_state, state_out,
+            mode, dst2d, max_len,
+        )  # fmt: skip
+        assert state_out is not None
+        return o, state_out
 
+    starts, lens = _seq_starts_lens(B, T, cu_seqlens)
     # where each sequence starts from; skipped sequences drop out here
     if ssm_state_indices is None:
         src = torch.arange(N, dtype=torch.int64)
@@ -478,41 +507,6 @@ def _recurrent(
     keep = lens > 0
     if ssm_state_indices is not None:
         keep &= src > 0
-    if (
-        not exact
-        and _native_gdn.supported(q, k, v, g, beta, initial_state)
-        and (_native_gdn.available())
-    ):
-        two_d = ssm_state_indices is not None and ssm_state_indices.dim() == 2
-        lens_run = torch.where(keep, lens, 0)
-        none = torch.full_like(src, -1)
-        has_state = initial_state is not None
-        seq = torch.stack(
-            [
-                starts,
-                lens_run,
-                src if has_state else none,
-                torch.where(keep, src, -1) if has_state else none,
-            ],
-            1,
-        ).contiguous()
-        o = torch.zeros(B, T, HV, V, dtype=q.dtype)
-        state_out: Tensor | None = initial_state
-        mode = 0
-        if not inplace_final_state:
-            sdt = torch.float32 if initial_state is None else initial_state.dtype
-            state_out = torch.zeros(BT, HV, V, K, dtype=sdt)
-            mode = 2
-        elif two_d:
-            mode = 1
-        _native_gdn.delta_rule(
-            q.reshape(BT, H, K), k.reshape(BT, H, K), v.reshape(BT, HV, V), g, beta,
-            o.view(BT, HV, V), sc, use_qk_l2norm_in_kernel, seq, initial_state, state_out,
-            mode, idx.contiguous() if mode == 1 else None, int(lens_run.max()) if N else 0,
-        )  # fmt: skip
-        assert state_out is not None
-        return o, state_out
-
     live = torch.nonzero(keep).flatten()  # sequences that run
     src_l, starts_l, lens_l = src[live], starts[live], lens[live]
     NL = live.numel()
