@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mamba_backends.tuning import TuningError, lookup
+from mamba_backends.tuning import TuningError, generation, lookup
+from mamba_backends_cpu.isa import cpu_isa
 
 
 def _int(v: Any) -> bool:
@@ -67,12 +68,27 @@ def dtype_name(dtype: object) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+_checked: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
 def cpu_config(op: str, **keys: int | str | bool) -> dict[str, Any]:
-    """``lookup(op, "cpu", **keys)``, with the fields of :data:`FIELDS` checked.
+    """``lookup(op, "cpu", isa=<level>, **keys)``, with the fields of :data:`FIELDS` checked.
+
+    ``isa`` is this process's :func:`mamba_backends_cpu.isa.cpu_isa` level (``"avx2"``,
+    ``"avx512-bf16"``, ...), so that a table row may hold for one instruction set only.
+
+    Every kernel call asks, so a checked config is memoised per (op, typed keys) until the
+    tuning state changes (:func:`mamba_backends.tuning.generation`). Returns a shallow copy:
+    the caller may set fields, but must not mutate nested values (lists).
 
     Raises:
         TuningError: no entry matches, or a field is missing or has the wrong type.
     """
+    memo = (generation(), op, *((k, type(v), v) for k, v in sorted(keys.items())))
+    hit = _checked.get(memo)
+    if hit is not None:
+        return dict(hit)
+    keys.setdefault("isa", cpu_isa().level)
     cfg = lookup(op, "cpu", **keys)
     for name, (check, what) in FIELDS[op].items():
         if not check(cfg.get(name)):
@@ -80,4 +96,7 @@ def cpu_config(op: str, **keys: int | str | bool) -> dict[str, Any]:
                 f"tuning of {op!r} on cpu (keys {keys}): {name!r} must be {what}, "
                 f"got {cfg.get(name)!r} in {cfg}"
             )
-    return cfg
+    if len(_checked) > 1024:  # generations change in tests: keep the memo bounded
+        _checked.clear()
+    _checked[memo] = cfg
+    return dict(cfg)
