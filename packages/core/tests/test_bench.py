@@ -184,7 +184,13 @@ def test_cli_quick_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureF
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["meta"]["repeats"] == 2 and data["meta"]["quick"] is True
     rows = data["rows"]
-    assert [r["baseline"] for r in rows] == ["vllm-cpu", "spec"]
+    assert [r["baseline"] for r in rows] == ["vllm-cpu", "ours (torch)", "spec"]
+    assert rows[1]["baseline_status"] != OK  # the spec backend has no separate PyTorch path
+    assert "no separate PyTorch path" in rows[1]["note"]
+    if rows[2]["baseline_status"] == OK and rows[0]["baseline_status"] != OK:
+        # only the weak spec was measured: it is the best there is
+        assert {r["best_baseline"] for r in rows} == {"spec"}
+        assert rows[0]["ratio_best"] == pytest.approx(rows[2]["ratio"])
     for r in rows:
         assert set(ROW_KEYS) <= set(r)
         assert r["op"] == "selective_state_update" and r["kind"] == "decode"
@@ -274,3 +280,22 @@ def test_cli_exits_nonzero_when_nothing_of_ours_was_measured(
 def test_cli_unknown_option_prints_benchs_own_usage(capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "--bogus"]) == 2
     assert capsys.readouterr().err.startswith("usage: mamba-backends bench ")
+
+
+def test_best_baseline_ignores_weak_ones_when_a_strong_one_ran() -> None:
+    from mamba_backends.bench.runner import mark_best
+
+    def row(name: str, ms: float | None, status: str = OK) -> dict[str, Any]:
+        return {"baseline": name, "baseline_ms": ms, "baseline_status": status, "ours_ms": 2.0}
+
+    rows = [row("vllm-cpu", 8.0), row("ours (torch)", 4.0), row("spec", 1.0),
+            row("hf-torch", None, "n/a")]  # fmt: skip
+    mark_best(rows)
+    assert {r["best_baseline"] for r in rows} == {"ours (torch)"}
+    assert all(r["ratio_best"] == pytest.approx(0.5) for r in rows)
+    weak = [row("spec", 4.0), row("per-token loop", 2.0), row("vllm-cpu", None, "error")]
+    mark_best(weak)
+    assert weak[0]["best_baseline"] == "per-token loop" and weak[0]["ratio_best"] == 1.0
+    none = [row("vllm-cpu", None, "n/a")]
+    mark_best(none)
+    assert none[0]["best_baseline"] is None and none[0]["ratio_best"] is None

@@ -136,6 +136,10 @@ class MambaBackend:
     ops_module: ClassVar[str] = ""
     #: SSD chunk size the metadata builder uses (mamba2 only; None elsewhere).
     chunk_size: ClassVar[int | None] = None
+    #: Environment under which the ops take their PyTorch paths instead of native kernels
+    #: (the bench's ``torch`` baseline: our own fallback, side by side); empty when the
+    #: backend has no separate PyTorch path.
+    pytorch_path_env: ClassVar[dict[str, str]] = {}
 
     _ops_cache: ClassVar[dict[type, MambaOps]] = {}  # in the mode MAMBA_BACKENDS_CUSTOM_OPS says
     _raw_ops_cache: ClassVar[dict[type, MambaOps]] = {}  # ops(raw=True)

@@ -12,6 +12,7 @@ class _CpuBackend(MambaBackend):
     supported_dtypes = (torch.float32, torch.float16, torch.bfloat16)
     supported_state_dtypes = (torch.float32, torch.float16, torch.bfloat16)
     ops_module = "mamba_backends_cpu.ops"
+    pytorch_path_env = {"MAMBA_BACKENDS_CPU_NATIVE": "0"}  # read at every call
 
 
 class CpuMamba1Backend(_CpuBackend):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -320,6 +321,33 @@ def spec_impl(op: str, mamba_type: str) -> Impl:
     except Exception as e:  # noqa: BLE001
         return Impl("spec", None, unavailable=f"{type(e).__name__}: {e}")
     return ops_impl("spec", backend.ops(), op, repeats_cap=3)
+
+
+def pytorch_path_impl(backend: Any, op: str) -> Impl:
+    """Our own backend with its native kernels switched off (``backend.pytorch_path_env``):
+    the fallback the native kernels must beat. Setting and restoring the environment costs a
+    few microseconds per call, counted against this baseline."""
+    env: dict[str, str] = dict(getattr(backend, "pytorch_path_env", {}) or {})
+    if backend is None or not env:
+        name = "ours (torch)"
+        return Impl(name, None, unavailable="our backend has no separate PyTorch path")
+    inner = ops_impl("ours (torch)", backend.ops(), op)
+    assert inner.call is not None
+    run = inner.call
+
+    def call(args: dict[str, Any]) -> Any:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return run(args)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    return Impl("ours (torch)", call)
 
 
 # --------------------------------------------------------------------------------------------

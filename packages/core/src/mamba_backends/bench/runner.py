@@ -42,6 +42,8 @@ ROW_KEYS = (
     "baseline_status",
     "baseline_ms",
     "ratio",
+    "best_baseline",
+    "ratio_best",
     "gbps",
     "copy_gbps",
     "tokens_per_s",
@@ -63,11 +65,16 @@ class BenchConfig:
 
 
 #: The baseline kinds a table row may name.
-BASELINES = ("vllm", "vllm-cpp", "hf", "spec", "loop")
+BASELINES = ("vllm", "vllm-cpp", "hf", "torch", "spec", "loop")
+#: Baselines too weak to count as "the best baseline" when a real one was measured.
+WEAK_BASELINES = ("spec", "per-token loop")
 
 
-def baseline_impl(kind: str, op: str, mamba_type: str) -> Impl:
-    """The baseline impl named ``kind`` (one of :data:`BASELINES`) for ``op``."""
+def baseline_impl(kind: str, op: str, mamba_type: str, ours: Impl | None = None) -> Impl:
+    """The baseline impl named ``kind`` (one of :data:`BASELINES`) for ``op``; ``torch`` is
+    ``ours``'s backend on its own PyTorch path."""
+    if kind == "torch":
+        return bl.pytorch_path_impl(ours.backend if ours is not None else None, op)
     if kind == "vllm":
         return bl.vllm_impl(op)
     if kind == "vllm-cpp":
@@ -92,7 +99,9 @@ def ours_impl(backend: type[MambaBackend], op: str) -> Impl:
         return Impl(name, None, unavailable=f"{type(e).__name__}: {e}")
     # The spec is a Python loop: when it is all the platform has, a few repeats suffice.
     slow = backend.ops_module.startswith("mamba_backends.reference")
-    return bl.ops_impl(name, ops, op, repeats_cap=3 if slow else None)
+    impl = bl.ops_impl(name, ops, op, repeats_cap=3 if slow else None)
+    impl.backend = backend
+    return impl
 
 
 def make_case(
@@ -109,7 +118,7 @@ def make_case(
         shape=shape_label(spec, inputs.batch, inputs.state_bytes),
         dtype=dtype,
         ours=ours,
-        baselines=[baseline_impl(b, spec.op, spec.mamba_type) for b in spec.baselines],
+        baselines=[baseline_impl(b, spec.op, spec.mamba_type, ours) for b in spec.baselines],
         note=spec.note,
     )
     return case, inputs
@@ -134,7 +143,22 @@ def rows_for_case(
     copy = measured.pop() if with_copy else None
     copy_ms = copy.median_ms if copy is not None else None
     copy_rate = inputs.bytes_moved / (copy_ms * 1e-3) / 1e9 if copy_ms else None
-    return [_row(case, inputs, ours, base, copy_rate) for base in measured]
+    rows = [_row(case, inputs, ours, base, copy_rate) for base in measured]
+    mark_best(rows)
+    return rows
+
+
+def mark_best(rows: list[dict[str, Any]]) -> None:
+    """Give every row of one case the best (fastest) measured baseline: ``best_baseline``,
+    ``best_ms`` and ``ratio_best`` (ours / best). The spec and the per-token loop count only
+    when nothing stronger was measured, so that no row looks good against a weak one."""
+    ok = [r for r in rows if r["baseline_status"] == OK and r["baseline_ms"] is not None]
+    strong = [r for r in ok if r["baseline"] not in WEAK_BASELINES] or ok
+    best = min(strong, key=lambda r: r["baseline_ms"], default=None)
+    for r in rows:
+        r["best_baseline"] = best["baseline"] if best else None
+        r["best_ms"] = best["baseline_ms"] if best else None
+        r["ratio_best"] = ratio(r["ours_ms"], best["baseline_ms"]) if best else None
 
 
 def _row(
