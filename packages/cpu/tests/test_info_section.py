@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mamba_backends.info import collect_info, format_info, section_names
-from mamba_backends_cpu import _info
+from mamba_backends_cpu import _info, isa
 
 
 def _lib(active: bool, reason: str | None, cached: bool = False) -> dict:
@@ -40,4 +40,19 @@ def test_summary_says_whether_and_why(monkeypatch, libs, summary, line) -> None:
     assert section.summary.startswith(summary)
     assert line in section.lines
     assert "cache    : /c" in section.lines
-    assert section.data == {"libraries": libs}
+    assert section.data["libraries"] == libs
+    assert section.data["isa"] in isa.LEVELS
+    assert set(section.data["paths"]) == set(_info.OP_LIBRARIES)
+    assert any(line.startswith("isa    : ") for line in section.lines)
+
+
+def test_op_paths_name_the_library_or_why_pytorch(monkeypatch) -> None:
+    libs = {"conv": _lib(True, None) | {"isa": "avx2"}, "ssm": _lib(False, "no C compiler"),
+            "gdn": _lib(False, "not built yet")}  # fmt: skip
+    paths = _info.op_paths(libs)
+    assert paths["causal_conv1d_update"] == "native conv, avx2 build"
+    assert paths["selective_scan_fn"] == "PyTorch (ssm: no C compiler; the PyTorch fallback serves)"
+    assert paths["chunk_gated_delta_rule"] == "native gdn, -march=native"  # built at first use
+    assert paths["linear_decode_forward"] == "PyTorch"
+    want = "bf16" if isa.cpu_isa().level == "avx512-bf16" else "fp32"
+    assert paths["lightning_attention"] == f"PyTorch; bf16 inputs: {want} products"

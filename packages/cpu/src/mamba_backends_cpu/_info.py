@@ -1,5 +1,6 @@
 """The CPU package's ``mamba-backends info`` section (entry point ``mamba_backends.info`` ->
-``cpu-native``): whether the native C kernels are active, and if not, why."""
+``cpu-native``): the CPU's ISA level, whether the native C kernels are active (and if not,
+why), and the path each op takes here."""
 
 from __future__ import annotations
 
@@ -8,6 +9,55 @@ from typing import Any
 
 from mamba_backends.info import InfoSection
 from mamba_backends_cpu import native
+from mamba_backends_cpu.isa import cpu_isa
+from mamba_backends_cpu.tuning import cpu_config
+
+#: Each op and the native library that serves it (None: PyTorch only).
+OP_LIBRARIES: dict[str, str | None] = {
+    "causal_conv1d_fn": "conv",
+    "causal_conv1d_update": "conv",
+    "selective_scan_fn": "ssm",
+    "mamba_chunk_scan_combined_varlen": "ssm",
+    "selective_state_update": "ssm",
+    "chunk_gated_delta_rule": "gdn",
+    "fused_recurrent_gated_delta_rule": "gdn",
+    "fused_gdn_gating": "gdn",
+    "lightning_attention": None,
+    "linear_decode_forward": None,
+}
+#: PyTorch paths whose bf16 products are a per-ISA tuning choice (``bf16_gemms``).
+_BF16_GEMM_OPS = ("chunk_gated_delta_rule", "lightning_attention")
+
+
+def _products(op: str) -> str:
+    """``bf16 products`` or ``fp32 products`` for a bf16 call of ``op`` on this CPU."""
+    keys: dict[str, int | str] = {"dtype": "bfloat16"}
+    if op == "chunk_gated_delta_rule":
+        keys.update(K=128, V=128)
+    else:
+        keys.update(D=128, E=128, block_size=256)
+    try:
+        bf16 = bool(cpu_config(op, **keys)["bf16_gemms"])
+    except (LookupError, KeyError):
+        return "products: no tuning row"
+    return "bf16 products" if bf16 else "fp32 products"
+
+
+def op_paths(libs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The path each op takes for finite inputs: ``native <lib>`` (with the ISA its build
+    targets) or ``PyTorch`` (with why, and the bf16-product choice where it is tuned)."""
+    paths = {}
+    for op, name in OP_LIBRARIES.items():
+        lib = libs.get(name or "", {})
+        if name is not None and (lib.get("active") or not _is_failure(lib)):
+            built = f", {lib['isa']} build" if lib.get("isa") else f", -march={lib.get('march')}"
+            path = f"native {name}{built}"
+        else:
+            path = "PyTorch" if name is None else f"PyTorch ({name}: {_state(lib)})"
+        if op in _BF16_GEMM_OPS and path.startswith("PyTorch"):
+            path += f"; bf16 inputs: {_products(op)}"
+        paths[op] = path
+    return paths
 
 
 def _state(lib: dict[str, Any]) -> str:
@@ -34,14 +84,20 @@ def info_section(requested: bool = False) -> InfoSection:
     else:
         summary = "native kernels available (built or loaded at first use)"
     any_lib = next(iter(libs.values()), {})
-    lines = [f"{name:<6} {state}" for name, state in states.items()]
+    isa = cpu_isa()
+    lines = [f"isa    : {isa.describe()}"]
+    lines += [f"{name:<6} {state}" for name, state in states.items()]
     for key in ("compiler", "march", "openmp"):
         if key in any_lib:
             lines.append(f"{key:<9}: {any_lib[key]}")
     if "cache" in any_lib:
         cache = Path(str(any_lib["cache"]))
         lines.append(f"cache    : {cache.parent if cache.suffix == '.so' else cache}")
-    return InfoSection(data={"libraries": libs}, summary=summary, lines=tuple(lines))
+    paths = op_paths(libs)
+    lines.append("paths  :")
+    lines += [f"  {op:<34} {path}" for op, path in paths.items()]
+    data = {"libraries": libs, "isa": isa.level, "isa_hardware": isa.hw_level, "paths": paths}
+    return InfoSection(data=data, summary=summary, lines=tuple(lines))
 
 
 def _is_failure(lib: dict[str, Any]) -> bool:

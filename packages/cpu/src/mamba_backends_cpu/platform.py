@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import platform as _py_platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mamba_backends.platform import Platform
+from mamba_backends_cpu.isa import cpu_isa
 
 #: The backend class path per mamba type on CPU. Types not listed defer to the selector.
 CPU_BACKENDS: dict[str, str] = {
@@ -43,4 +45,10 @@ class CpuPlatform(Platform):
         return CPU_BACKENDS.get(mamba_type)
 
     def device_name(self) -> str:
-        return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+        """``AMD EPYC, ISA avx2 (...) (1 threads)``: the model, the instruction-set level the
+        kernels choose their paths by (:mod:`mamba_backends_cpu.isa`), torch's threads."""
+        return f"{_cpu_model()}, ISA {cpu_isa().describe()} ({torch.get_num_threads()} threads)"
+
+    def describe(self) -> dict[str, Any]:
+        isa = cpu_isa()
+        return {**super().describe(), "isa": isa.level, "isa_hardware": isa.hw_level}

@@ -84,11 +84,11 @@ def cpu_config(op: str, **keys: int | str | bool) -> dict[str, Any]:
     Raises:
         TuningError: no entry matches, or a field is missing or has the wrong type.
     """
+    keys.setdefault("isa", cpu_isa().level)
     memo = (generation(), op, *((k, type(v), v) for k, v in sorted(keys.items())))
     hit = _checked.get(memo)
     if hit is not None:
         return dict(hit)
-    keys.setdefault("isa", cpu_isa().level)
     cfg = lookup(op, "cpu", **keys)
     for name, (check, what) in FIELDS[op].items():
         if not check(cfg.get(name)):
