@@ -230,19 +230,8 @@ print(json.dumps(sorted(maps)))
     assert len({p for p in here if "libgomp" in p}) == 1
 
 
-_PROBE = r"""
-#include "mb_common.h"
-float t_exp(float x) { return mb_exp(x); }
-float t_softplus(float x) { return mb_softplus(x); }
-float t_softplus_beta(float x, float b, float th) { return mb_softplus_beta(x, b, th); }
-uint16_t t_bf16(float x) { return mb_f32_to_bf16(x); }
-void t_vstore_bf16(const float* x, uint16_t* out) {
-    mb_vf v;
-    memcpy(&v, x, sizeof v);
-    mb_vstore_bf16(out, v);
-}
-int t_vl(void) { return MB_VL; }
-"""
+#: C probe of the shared helpers (tests/csrc/probe.c), built with the libraries' flags.
+PROBE_C = Path(__file__).parent / "csrc" / "probe.c"
 
 
 @pytest.fixture(scope="module")
@@ -251,10 +240,9 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     if cc is None:
         pytest.skip("no C compiler here")
     d = tmp_path_factory.mktemp("probe")
-    (d / "probe.c").write_text(_PROBE)
     so = d / "probe.so"
     flags = [f for f in _build.cflags() if f != "-fopenmp"]
-    subprocess.run([*cc, *flags, "-shared", str(d / "probe.c"), "-o", str(so)], check=True)
+    subprocess.run([*cc, *flags, "-shared", str(PROBE_C), "-o", str(so)], check=True)
     lib = ctypes.CDLL(str(so))
     f, u16 = ctypes.c_float, ctypes.c_uint16
     for name, args, res in [

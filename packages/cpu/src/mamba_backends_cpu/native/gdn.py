@@ -126,6 +126,11 @@ def gating(
     return g, bo
 
 
+#: Up to this many sequences the table is built on host lists (tens of microseconds);
+#: above it, a dozen torch ops cost less than a Python loop over the sequences.
+SEQ_TABLE_LIST_MAX = 64
+
+
 def seq_table(
     B: int,
     T: int,
@@ -140,9 +145,44 @@ def seq_table(
     sequence: empty, or a pad (< 0) / null (0) source slot when ``ssm_state_indices`` is
     given), source slot (``-1`` without states), destination slot (``-1`` when skipped or
     without states). The source slot is ``ssm_state_indices[n]`` (1-D), column
-    ``num_accepted_tokens[n] - 1`` (or 0) of row ``n`` (2-D), or ``n``. Built on host lists:
-    a decode call pays microseconds here, not a dozen small torch ops.
+    ``num_accepted_tokens[n] - 1`` (or 0) of row ``n`` (2-D), or ``n``.
     """
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    if N <= SEQ_TABLE_LIST_MAX:
+        return _seq_table_lists(B, T, cu_seqlens, ssm_state_indices, num_accepted_tokens, has_state)
+    i64 = torch.int64
+    if cu_seqlens is None:
+        starts = torch.arange(0, B * T, T, dtype=i64)
+        lens = torch.full((B,), T, dtype=i64)
+    else:
+        cu = cu_seqlens.to(i64)
+        starts, lens = cu[:-1], cu[1:] - cu[:-1]
+    if ssm_state_indices is None:
+        src = torch.arange(N, dtype=i64)
+    elif ssm_state_indices.dim() == 1:
+        src = ssm_state_indices.to(i64)
+    else:
+        col = torch.zeros(N, dtype=i64)
+        if num_accepted_tokens is not None:
+            col = num_accepted_tokens.to(i64) - 1
+        src = ssm_state_indices.to(i64).gather(1, col[:, None])[:, 0]
+    keep = lens > 0
+    if ssm_state_indices is not None:
+        keep &= src > 0
+    run = lens * keep
+    s = src if has_state else torch.full_like(src, -1)
+    return torch.stack([starts, run, s, torch.where(keep, s, -1)], 1), int(run.max())
+
+
+def _seq_table_lists(
+    B: int,
+    T: int,
+    cu_seqlens: Tensor | None,
+    ssm_state_indices: Tensor | None,
+    num_accepted_tokens: Tensor | None,
+    has_state: bool,
+) -> tuple[Tensor, int]:
+    """:func:`seq_table` for decode-sized batches, on host lists."""
     if cu_seqlens is None:
         starts = [b * T for b in range(B)]
         lens = [T] * B
