@@ -9,6 +9,9 @@ from __future__ import annotations
 from mamba_backends.contract import (
     check_causal_conv1d_fn_args,
     check_causal_conv1d_update_args,
+    check_fused_gdn_gating_args,
+    check_fused_recurrent_gated_delta_rule_args,
+    check_linear_decode_forward_args,
     check_not_supported,
     check_selective_scan_args,
     check_selective_state_update_args,
@@ -19,6 +22,9 @@ from mamba_backends.contract import (
 __all__ = [
     "check_causal_conv1d_fn_args",
     "check_causal_conv1d_update_args",
+    "check_fused_gdn_gating_args",
+    "check_fused_recurrent_gated_delta_rule_args",
+    "check_linear_decode_forward_args",
     "check_not_supported",
     "check_selective_scan_args",
     "check_selective_state_update_args",

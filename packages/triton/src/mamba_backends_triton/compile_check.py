@@ -42,6 +42,9 @@ KERNEL_MODULES = (
     "mamba_backends_triton.ops.selective_scan.scan",
     "mamba_backends_triton.ops.state_update.update",
     "mamba_backends_triton.ops.ssd.combined",
+    "mamba_backends_triton.ops.gdn.gating",
+    "mamba_backends_triton.ops.gdn.recurrent",
+    "mamba_backends_triton.ops.lightning.decode",
 )
 
 
