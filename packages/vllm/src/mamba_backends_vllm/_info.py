@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from mamba_backends.info import InfoSection
+from mamba_backends_vllm.seams import describe_supported
 
 #: A row's columns: (key in the routing table's layer dict, header, width).
 _COLUMNS = (
@@ -63,6 +64,6 @@ def info_section(requested: bool = False) -> InfoSection:
     return InfoSection(
         data={"routing": table},
         summary=f"plugin {table.get('summary', '?')}  ({table.get('source', '')}; "
-        f"supported vLLM {table.get('supported_vllm', '?')})",
+        f"supported vLLM {describe_supported(table.get('supported_vllm_by_platform'))})",
         lines=tuple(lines),
     )

