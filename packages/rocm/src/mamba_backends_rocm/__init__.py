@@ -1,4 +1,5 @@
-"""mamba-backends ROCm package: the AMD platform (Triton wave64 kernels land in later work)."""
+"""mamba-backends ROCm package: the AMD platform, wave64 tuning tables of the shared Triton
+kernels, and optional vendor-native ``aiter`` ops (each a backend of its own)."""
 
 from __future__ import annotations
 

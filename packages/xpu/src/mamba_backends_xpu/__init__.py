@@ -1,4 +1,5 @@
-"""mamba-backends XPU package: the Intel platform (torch.xpu + Triton-XPU, later work)."""
+"""mamba-backends XPU package: the Intel platform (torch.xpu + Triton-XPU) and Xe tuning tables
+of the shared Triton kernels."""
 
 from __future__ import annotations
 
