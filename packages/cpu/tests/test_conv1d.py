@@ -210,8 +210,4 @@ def test_bad_input_raises_before_any_write(path) -> None:
         )
     with pytest.raises(NotImplementedError, match="initial_state_idx"):
         cpu.causal_conv1d_fn(x, weight, None, st, qsl, initial_state_idx=torch.zeros(2))
-    with pytest.raises(NotImplementedError, match="num_accepted_tokens"):
-        cpu.causal_conv1d_update(
-            torch.randn(2, dim), st, weight, num_accepted_tokens=torch.ones(2, dtype=torch.int32)
-        )
     assert torch.equal(st, before)

@@ -64,10 +64,17 @@ class StatePool:
 
 
 def conv_state_pool(
-    f: Factory, num_slots: int, dim: int, width: int, dtype: torch.dtype, layout: str
+    f: Factory,
+    num_slots: int,
+    dim: int,
+    width: int,
+    dtype: torch.dtype,
+    layout: str,
+    cols: int | None = None,
 ) -> StatePool:
-    """A random conv state pool ``(S, dim, W-1)`` in ``layout`` (see :data:`CONV_LAYOUTS`)."""
-    k = width - 1
+    """A random conv state pool ``(S, dim, cols)`` in ``layout`` (see :data:`CONV_LAYOUTS`);
+    ``cols`` defaults to ``W-1`` (speculative decoding keeps ``W-2+S``)."""
+    k = width - 1 if cols is None else cols
     if layout == "contig":
         base = f.randn(num_slots, dim, k, dtype=dtype)
         return StatePool(base, base)

@@ -322,14 +322,15 @@ def causal_conv1d_update(
             are skipped: their state is untouched and their output rows are not written.
         query_start_loc: ``(batch+1,)`` offsets for the varlen form.
         out: optional output like ``x``; when None, ``x`` is overwritten (vLLM's rule).
-        num_accepted_tokens: speculative decoding; not supported (NotImplementedError).
+        num_accepted_tokens: ``(batch,)`` speculative decoding (the state holds ``W-2+S``
+            columns; see :func:`mamba_backends.reference.causal_conv1d_update`): a per-request
+            path, since speculative batches are small.
 
     Returns:
         The output, shaped like ``x``, in ``x.dtype``.
     """
     check_not_supported(
         "causal_conv1d_update",
-        num_accepted_tokens=num_accepted_tokens,
         block_idx_last_scheduled_token=block_idx_last_scheduled_token,
         initial_state_idx=initial_state_idx,
     )
@@ -338,6 +339,11 @@ def causal_conv1d_update(
         query_start_loc, null_block_id, out,
     )  # fmt: skip
     use_silu = silu_name(activation)
+    if num_accepted_tokens is not None:
+        return _update_speculative(
+            x, conv_state, weight, bias, use_silu, conv_state_indices, num_accepted_tokens,
+            query_start_loc, null_block_id, out,
+        )  # fmt: skip
     # Shapes, dtypes and slot ranges were checked by the validator: decode goes straight on.
     cdll = _native_lib(weight, x, weight, bias, conv_state, out)
     if cdll is not None:
@@ -413,3 +419,59 @@ def causal_conv1d_update(
     else:
         resT.index_copy_(0, tok_rows, y)
     return res
+
+
+def _update_speculative(
+    x: Tensor,
+    conv_state: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    use_silu: bool,
+    conv_state_indices: Tensor | None,
+    num_accepted_tokens: Tensor,
+    query_start_loc: Tensor | None,
+    null_block_id: int | None,
+    out: Tensor | None,
+) -> Tensor:
+    """``causal_conv1d_update`` with ``num_accepted_tokens`` (``(batch,)``): request ``b``'s
+    window is state columns ``[a-1, a-1+W-1)`` (``a = num_accepted_tokens[b]``), its ``S``
+    inputs follow it, and columns ``[0, W-2+S)`` then hold the window minus its oldest column
+    and the ``S`` inputs. ``x`` as in :func:`causal_conv1d_update`. Every state is read
+    before any is written; pad/null slots and empty requests are skipped."""
+    dim, W = weight.shape
+    target = out if out is not None else x
+    if query_start_loc is not None:
+        q = query_start_loc.tolist()
+        views = [(x[q[b] : q[b + 1]].T, target[q[b] : q[b + 1]].T) for b in range(len(q) - 1)]
+    elif x.dim() == 2:
+        views = [(x[b][:, None], target[b][:, None]) for b in range(x.shape[0])]
+    else:
+        views = [(x[b], target[b]) for b in range(x.shape[0])]
+    if conv_state_indices is not None:
+        col0 = conv_state_indices if conv_state_indices.dim() == 1 else conv_state_indices[:, 0]
+        slots = col0.tolist()
+    else:
+        slots = list(range(len(views)))
+    accepted = num_accepted_tokens.tolist()
+    ctype = compute_dtype(x, conv_state)
+    w = weight.to(ctype)
+    bias_c = bias.to(ctype)[:, None] if bias is not None else None
+    skip = {PAD_SLOT_ID, null_block_id} if conv_state_indices is not None else set()
+    done: list[tuple[Tensor, Tensor, int, Tensor]] = []
+    for b, (xs, ys) in enumerate(views):
+        slot, S = int(slots[b]), xs.shape[1]
+        if S == 0 or slot in skip:
+            continue
+        first = int(accepted[b]) - 1
+        window = conv_state[slot, :, first : first + W - 1].to(ctype)
+        inp = torch.cat([window, xs.to(ctype)], dim=1)  # (dim, W-1+S)
+        y = (inp.unfold(1, W, 1) * w[:, None, :]).sum(-1)  # (dim, S)
+        if bias_c is not None:
+            y = y + bias_c
+        if use_silu:
+            y = F.silu(y)
+        done.append((ys, y, slot, inp[:, 1:]))
+    for ys, y, slot, new_cols in done:
+        conv_state[slot, :, : new_cols.shape[1]] = new_cols.to(conv_state.dtype)
+        ys.copy_(y.to(ys.dtype))
+    return target

@@ -56,6 +56,7 @@ class ConvParams:
     init_arg: bool = True  # False: has_initial_state=None (no sequence has a stored state)
     pieces: tuple[tuple[int, ...], ...] = ()  # split: prefill piece lengths, per piece per seq
     decode_steps: int = 0  # split: decode steps after the pieces
+    accepted: tuple[int, ...] = ()  # update: num_accepted_tokens per row (speculative decoding)
 
     def show(self) -> dict[str, Any]:
         d: dict[str, Any] = {"lens": self.lens, "dim": self.dim, "W": self.W}
@@ -65,6 +66,8 @@ class ConvParams:
             d["out"] = True
         if not self.init_arg:
             d["has_initial_state"] = None
+        if self.accepted:
+            d["num_accepted_tokens"] = self.accepted
         if self.pieces:
             d.update(pieces=tuple(sum(p) for p in self.pieces), decode=self.decode_steps)
         return d
@@ -79,6 +82,7 @@ class ConvInputs:
     idx: Tensor
     init: Tensor | None
     qsl: Tensor
+    accepted: Tensor | None = None
 
 
 def _x_prefill(f: Factory, dim: int, T: int, dtype: torch.dtype, layout: str) -> Tensor:
@@ -105,9 +109,13 @@ def _build(
             x = f.randn(b, s, p.dim, dtype=dtype).transpose(1, 2)
     weight = f.randn(p.dim, p.W, dtype=dtype, scale=p.W**-0.5)
     bias = f.randn(p.dim, dtype=dtype, scale=0.5) if p.bias else None
-    pool = conv_state_pool(f, plan.num_slots, p.dim, p.W, sdtype, p.layout)
+    # Speculative decoding: the state keeps W-2+S columns (the window may end at any draft).
+    cols = p.W - 2 + p.lens[0] if p.accepted else None
+    pool = conv_state_pool(f, plan.num_slots, p.dim, p.W, sdtype, p.layout, cols)
     init = f.bools(plan.has_init) if p.init_arg else None
-    return ConvInputs(x, weight, bias, pool, f.ints(plan.slots), init, f.ints(offsets(p.lens)))
+    acc = f.ints(list(p.accepted)) if p.accepted else None
+    slots, qsl = f.ints(plan.slots), f.ints(offsets(p.lens))
+    return ConvInputs(x, weight, bias, pool, slots, init, qsl, acc)
 
 
 def _call_fn(ops: Any, a: ConvInputs, activation: str | None) -> Any:
@@ -125,6 +133,8 @@ def _call_fn(ops: Any, a: ConvInputs, activation: str | None) -> Any:
 
 def _call_update(ops: Any, a: ConvInputs, activation: str | None, out: Tensor | None) -> Any:
     kw: dict[str, Any] = {"out": out} if out is not None else {}
+    if a.accepted is not None:
+        kw["num_accepted_tokens"] = a.accepted
     return ops.causal_conv1d_update(
         x=a.x,
         conv_state=a.pool.view,
@@ -357,6 +367,11 @@ def fixed_cases() -> list[Case]:
     pu = ConvParams(lens=(1,) * 4, n_pad=1, use_out=True)
     cases.append(make_case(UPDATE, "oneshot", pu, f16, f32, seed=55))
     cases.append(make_case(UPDATE, "oneshot", pu, seed=56, quick=True))
+    # Speculative decoding: S tokens per row, the window picked by num_accepted_tokens.
+    pu = ConvParams(lens=(3,) * 4, n_pad=1, x_layout="3d", accepted=(1, 3, 2, 1))
+    cases.append(make_case(UPDATE, "oneshot", pu, seed=57, quick=True))
+    pu = ConvParams(lens=(2,) * 3, dim=12, W=3, layout="page", x_layout="3d", accepted=(2, 1, 2))
+    cases.append(make_case(UPDATE, "oneshot", pu, bf16, f32, seed=58))
     # Invariants.
     cases.append(make_case(FN, "batch", ConvParams(lens=(4, 1, 11)), seed=60, quick=True))
     cases.append(make_case(FN, "batch", ConvParams(lens=(3, 8), layout="page"), bf16, bf16, 61))
