@@ -193,6 +193,35 @@ def test_every_source_compiles_for_avx2_without_abi_warnings(tmp_path: Path) -> 
 
 
 @needs_cc
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 only")
+@pytest.mark.parametrize(("arch", "level"), [("x86-64-v3", "avx2"), ("x86-64", "portable")])
+def test_build_reports_its_isa_level(tmp_path: Path, arch: str, level: str) -> None:
+    """mb_isa_level() names the level the -march value gives, whatever CPU builds it."""
+    cc = _build.compiler()
+    assert cc is not None
+    lib = _build.Library(name="abi", sources=("abi.c",), kernels={})
+    out = tmp_path / f"abi_{level}.so"
+    _build.build(lib, out, cc, arch)
+    assert _build.isa_level(ctypes.CDLL(str(out))) == level
+
+
+@needs_cc
+def test_loaded_library_status_and_info_show_its_isa() -> None:
+    from mamba_backends_cpu import _info
+    from mamba_backends_cpu.isa import LEVELS
+
+    _loaded(ssm.LIBRARY)
+    level = native.status()["ssm"]["isa"]
+    assert level in LEVELS
+    if _build.march() == "x86-64-v3":
+        assert level == "avx2"
+    section = _info.info_section()
+    assert any(
+        line.startswith("ssm ") and line.endswith(f", {level} build") for line in section.lines
+    )
+
+
+@needs_cc
 @linux
 def test_one_openmp_runtime(tmp_path: Path) -> None:
     """Our library loaded before torch still takes torch's libgomp; a kernel run after that

@@ -96,6 +96,51 @@ def test_channel_blocks_and_state_sizes(path, Dm, N, G, softplus, with_z, tokens
     close(states, ref_states, torch.float32)
 
 
+@pytest.mark.parametrize(("Dm", "N"), [(40, 16), (24, 32), (18, 80)])
+@pytest.mark.parametrize("tokens_last", [True, False])
+def test_bf16_storage_in_place(path, Dm, N, tokens_last) -> None:
+    """bf16 u/delta/z (the native kernel reads and writes them as they are, every block size
+    and the scalar kernel past N = 64): outputs within bf16 tolerance of the spec, in place."""
+    gen = torch.Generator().manual_seed(Dm * N)
+    lens = [37, 16, 70]
+    bf = torch.bfloat16
+    u, delta, A, B, C, D, z, bias = make(Dm, N, 1, sum(lens), bf, gen, tokens_last=tokens_last)
+    states = torch.randn(5, Dm, N, generator=gen)
+    ref_states = states.clone()
+    qsl, idx = qsl_of(lens), torch.tensor([3, 1, 4], dtype=torch.int32)
+    hi = torch.tensor([True, False, True])
+    d1, z1, d2, z2 = delta.clone(), z.clone(), delta.clone(), z.clone()
+    res = cpu.selective_scan_fn(u, states, d1, A, B, C, D, z1, bias, True, qsl, idx, hi)
+    spec.selective_scan_fn(u, ref_states, d2, A, B, C, D, z2, bias, True, qsl, idx, hi)
+    assert res is z1 and z1.dtype == bf and d1.dtype == bf
+    close(z1, z2, bf)
+    close(d1, d2, bf)
+    close(states, ref_states, bf)
+
+
+@pytest.mark.parametrize("tokens_last", [True, False])
+def test_infinite_and_huge_dt(path, tokens_last) -> None:
+    """dt = inf (an infinite dt u), dt far past the unclamped 2^t range (the saturating step)
+    and a NaN delta: the spec's values, NaN and inf positions included."""
+    gen = torch.Generator().manual_seed(11)
+    Dm, N, lens = 24, 16, [40, 9]
+    T = sum(lens)
+    u, delta, A, B, C, D, z, bias = make(Dm, N, 1, T, torch.float32, gen, tokens_last=tokens_last)
+    delta[3, 5] = float("inf")
+    delta[10, 20:23] = 200.0  # dt * |A| * log2(e) up to ~7000: 2^t saturates to 0
+    delta[17, 30] = float("nan")
+    states = torch.randn(3, Dm, N, generator=gen)
+    ref_states = states.clone()
+    qsl, idx = qsl_of(lens), torch.tensor([1, 2], dtype=torch.int32)
+    d1, z1, d2, z2 = delta.clone(), z.clone(), delta.clone(), z.clone()
+    cpu.selective_scan_fn(u, states, d1, A, B, C, D, z1, bias, True, qsl, idx)
+    spec.selective_scan_fn(u, ref_states, d2, A, B, C, D, z2, bias, True, qsl, idx)
+    assert not torch.isfinite(z2).all()  # the case reaches the non-finite values
+    close(z1, z2, torch.float32)
+    close(d1, d2, torch.float32)
+    close(states, ref_states, torch.float32)
+
+
 def test_batched_form_without_z(path) -> None:
     gen = torch.Generator().manual_seed(5)
     nb, Dm, N, L = 3, 6, 4, 9

@@ -1,6 +1,6 @@
 """The CPU package's ``mamba-backends info`` section (entry point ``mamba_backends.info`` ->
 ``cpu-native``): the CPU's ISA level, whether the native C kernels are active (and if not,
-why), and the path each op takes here."""
+why), the ISA level each loaded library was built for, and the path each op takes here."""
 
 from __future__ import annotations
 
@@ -86,7 +86,9 @@ def info_section(requested: bool = False) -> InfoSection:
     any_lib = next(iter(libs.values()), {})
     isa = cpu_isa()
     lines = [f"isa    : {isa.describe()}"]
-    lines += [f"{name:<6} {state}" for name, state in states.items()]
+    for name, state in states.items():
+        built = libs[name].get("isa")  # the ISA level a loaded build reports (mb_isa_level)
+        lines.append(f"{name:<6} {state}" + (f", {built} build" if built else ""))
     for key in ("compiler", "march", "openmp"):
         if key in any_lib:
             lines.append(f"{key:<9}: {any_lib[key]}")

@@ -24,9 +24,10 @@ def status() -> dict[str, dict[str, Any]]:
 
     Builds nothing. Each entry holds ``active`` (bool: loaded in this process), ``reason``
     (None when active; else ``disabled by MAMBA_BACKENDS_CPU_NATIVE=0``, ``no C compiler``,
-    ``build error: ...``, ``load error: ...`` or ``not built yet``), ``march`` (the ``-march``
-    value), ``cflags``, ``compiler``, ``openmp`` (the runtime it links), ``cache`` (the shared
-    object's path), ``cached`` (whether that file exists) and ``sources``.
+    ``build error: ...``, ``load error: ...`` or ``not built yet``), ``isa`` (the ISA level
+    the loaded build targets, from its ``mb_isa_level()``; None until loaded), ``march`` (the
+    ``-march`` value), ``cflags``, ``compiler``, ``openmp`` (the runtime it links), ``cache``
+    (the shared object's path), ``cached`` (whether that file exists) and ``sources``.
     """
     from mamba_backends_cpu.native import conv, gdn, ssm  # noqa: F401  (they register)
 

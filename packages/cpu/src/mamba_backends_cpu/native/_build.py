@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 #: Folder of the C sources (package data).
 CSRC = Path(__file__).parent / "csrc"
 #: Must equal ``MB_ABI_VERSION`` in ``csrc/mb_args.h``.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 ENV_NATIVE = "MAMBA_BACKENDS_CPU_NATIVE"
 ENV_CACHE = "MAMBA_BACKENDS_CPU_CACHE"
@@ -89,6 +89,7 @@ class _State:
     cdll: ctypes.CDLL | None = None
     reason: str | None = None
     path: Path | None = None
+    isa: str | None = None  # the level the loaded build targets (mb_isa_level)
 
 
 LIBRARIES: dict[str, Library] = {}
@@ -247,6 +248,14 @@ def check_abi(cdll: Any, structs: list[type[ctypes.Structure]], name: str = "?")
             )
 
 
+def isa_level(cdll: Any) -> str:
+    """The ISA level a loaded library was compiled for (``avx512-bf16``, ``avx512``, ``avx2``,
+    ``sve``, ``neon`` or ``portable``: ``mb_isa_level()`` in ``csrc/abi.c``)."""
+    cdll.mb_isa_level.argtypes = []
+    cdll.mb_isa_level.restype = ctypes.c_char_p
+    return bytes(cdll.mb_isa_level()).decode()
+
+
 def _bind(cdll: ctypes.CDLL, lib: Library) -> None:
     cdll.mb_abi_version.argtypes = []
     cdll.mb_abi_version.restype = ctypes.c_int64
@@ -302,7 +311,9 @@ def _open(lib: Library) -> _State:
         logger.warning("mamba_backends_cpu: loading %s failed; using PyTorch (%s)", so, exc)
         return _State(reason=f"load error: {exc}", path=so)
     _bind(cdll, lib)  # NativeABIError propagates: a packaging bug must not pass silently
-    return _State(cdll=cdll, path=so)
+    isa = isa_level(cdll)
+    logger.debug("mamba_backends_cpu: native kernels %s loaded (%s build)", lib.name, isa)
+    return _State(cdll=cdll, path=so, isa=isa)
 
 
 def load(lib: Library) -> ctypes.CDLL | None:
@@ -345,6 +356,7 @@ def library_status(lib: Library) -> dict[str, Any]:
     return {
         "active": active,
         "reason": reason,
+        "isa": st.isa if st is not None else None,
         "march": march(),
         "cflags": cflags(),
         "compiler": _compiler_id(tuple(cc)) if cc is not None else None,

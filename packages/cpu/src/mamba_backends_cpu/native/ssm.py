@@ -28,7 +28,7 @@ from mamba_backends_cpu.tuning import cpu_config
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
-#: The tuning table of the scan's per-CPU tunable (``prefetch``: tokens ahead that the AVX-512
+#: The tuning table of the scan's per-CPU tunable (``prefetch``: tokens ahead that the vector
 #: scan prefetches on strided rows), in ``mamba_backends_cpu/tuning/native_scan.json``.
 SCAN_TUNING_OP = "native_scan"
 
@@ -49,7 +49,7 @@ class MbScanVarlenArgs(ctypes.Structure):
         *((n, _P) for n in ("u", "delta_bias", "A", "B", "C", "D", "z", "delta", "h")),
         ("run", _P),
         ("qsl", _P),
-        *((n, _I) for n in ("S", "Dm", "N", "G", "softplus", "nthreads", "prefetch")),
+        *((n, _I) for n in ("S", "Dm", "N", "G", "softplus", "nthreads", "prefetch", "dtype")),
         ("su", _I * 2),
         ("sz", _I * 2),
         ("sdelta", _I * 2),
@@ -248,6 +248,15 @@ def ssd(
     return y, final, chunks
 
 
+#: Storage dtypes that :func:`scan_varlen` reads and writes directly (u, delta, z).
+SCAN_STORAGE = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def scan_storage_ok(u: Tensor, delta: Tensor, z: Tensor | None) -> bool:
+    """Whether ``u``, ``delta`` and ``z`` share one dtype that :func:`scan_varlen` stores."""
+    return u.dtype in SCAN_STORAGE and delta.dtype == u.dtype and (z is None or z.dtype == u.dtype)
+
+
 def scan_varlen(
     u: Tensor,
     delta_bias: Tensor | None,
@@ -262,15 +271,17 @@ def scan_varlen(
     run: Tensor,
     qsl: Tensor,
 ) -> None:
-    """Mamba1 varlen scan in place (all fp32): ``u``, ``z``, ``delta`` ``(Dm, T)`` any strides,
-    ``B``/``C`` ``(G, N, T)`` any strides, ``A`` ``(Dm, N)``, ``D``/``delta_bias`` ``(Dm,)``.
+    """Mamba1 varlen scan in place: ``u``, ``z``, ``delta`` ``(Dm, T)`` any strides, all fp32
+    or all bf16 (:func:`scan_storage_ok`; the arithmetic is fp32), ``B``/``C`` ``(G, N, T)``
+    fp32 any strides, ``A`` ``(Dm, N)``, ``D``/``delta_bias`` ``(Dm,)``.
     ``dt = softplus(delta + delta_bias)`` is formed per element inside the kernel. Writes ``y``
     to ``delta`` and ``y*silu(z)`` to ``z``; ``h`` ``(S, Dm, N)`` contiguous holds the initial
     states and receives the final ones; ``run[s] == 0`` skips sequence ``s``."""
     assert _lib is not None
     Dm, T = u.shape
     G, N = B.shape[0], B.shape[1]
-    assert h.is_contiguous() and int(qsl[-1]) == T
+    assert h.is_contiguous() and int(qsl[-1]) == T and scan_storage_ok(u, delta, z)
+    assert B.dtype == C.dtype == h.dtype == torch.float32
     Ac = A.to(torch.float32).contiguous()
     Df = D.reshape(-1).to(torch.float32).contiguous() if D is not None else None
     db = delta_bias.reshape(-1).to(torch.float32).contiguous() if delta_bias is not None else None
@@ -282,7 +293,7 @@ def scan_varlen(
     args = MbScanVarlenArgs(
         _p(u), _p(db), _p(Ac), _p(B), _p(C), _p(Df), _p(z), _p(delta), _p(h), _p(r), _p(q),
         q.numel() - 1, Dm, N, G, int(softplus), torch.get_num_threads(),
-        cpu_config(SCAN_TUNING_OP, N=N)["prefetch"],
+        cpu_config(SCAN_TUNING_OP, N=N)["prefetch"], SCAN_STORAGE[u.dtype],
         u.stride(), z.stride() if z is not None else (0, 0), delta.stride(), B.stride(),
         C.stride(),
     )  # fmt: skip

@@ -227,11 +227,14 @@ def selective_scan_fn(
     f32 = torch.float32
     if varlen and ctype == f32 and _native.available():
         # Fused scan in vLLM's (dim, T) layout, in place; pad/null sequences skipped in C.
-        # Half-precision inputs run on fp32 copies (strides preserved), written back after.
-        u, B, C = u.to(f32), B.to(f32), C.to(f32)
+        # u, delta and z go in as they are when they share fp32 or bf16 (the kernel reads and
+        # writes that storage); other mixes run on fp32 copies (strides preserved), written
+        # back after. B and C (small) always go as fp32.
+        B, C = B.to(f32), C.to(f32)
         delta_h, z_h = delta, z
-        delta = delta.to(f32)
-        z = z.to(f32) if z is not None else None
+        if not _native.scan_storage_ok(u, delta, z):
+            u, delta = u.to(f32), delta.to(f32)
+            z = z.to(f32) if z is not None else None
         safe = torch.where(run, slots, 0)
         h = states[safe].to(f32)
         keep = (

@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-#define MB_ABI_VERSION 1
+#define MB_ABI_VERSION 2
 #define MB_OK 0
 #define MB_EABI (-1)   /* argument block of the wrong size */
 #define MB_ENOMEM (-2) /* an allocation failed */
@@ -26,14 +26,18 @@ typedef struct {
     int64_t S, Dm, N, G, nthreads;
 } MbScanArgs;
 
-/* mb_scan_varlen (see scan.c): u, z, delta (Dm, T) and B, C (G, N, T) through strides. */
+/* mb_scan_varlen (see scan.c): u, z, delta (Dm, T) in `dtype` (fp32 or bf16) and B, C
+   (G, N, T) fp32, through strides. */
 typedef struct {
-    const float *u, *delta_bias, *A, *B, *C, *D;
-    float *z, *delta, *h;
+    const void* u;
+    const float *delta_bias, *A, *B, *C, *D;
+    void *z, *delta;
+    float* h;
     const uint8_t* run;
     const int64_t* qsl;
     int64_t S, Dm, N, G, softplus, nthreads;
     int64_t prefetch;                 /* tokens ahead for strided rows (tunable) */
+    int64_t dtype;                    /* storage dtype of u, z, delta: 0 fp32, 1 bf16 */
     int64_t su[2], sz[2], sdelta[2];  /* (d, t) */
     int64_t sB[3], sC[3];             /* (g, n, t) */
 } MbScanVarlenArgs;

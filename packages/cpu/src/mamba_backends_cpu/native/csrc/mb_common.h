@@ -4,7 +4,15 @@
 
    Plain C11 (GNU vector extensions) + OpenMP, no PyTorch headers. ISA-specific forms of these
    helpers live in isa/ and are included at the end, guarded by the compiler's feature macros
-   (__AVX512F__, ...): a build for a CPU without them never sees their vector types. */
+   (isa/mb_avx512.h under __AVX512F__, isa/mb_avx2.h under __AVX2__ + __FMA__ without
+   __AVX512F__): a build for a CPU without them never sees their vector types.
+
+   Width-generic vector helpers (mb_vmin, mb_vmax, mb_vpow2, mb_vpow2_nc, mb_vall_lt,
+   mb_vsoftplus, mb_vgate, mb_vtranspose, mb_vload_part, mb_vstore_part) work on mb_vf of any
+   width: each ISA header defines them (and MB_VHELPERS); the portable forms at the end of
+   this file serve every other target (SSE, NEON, ...). A kernel written over them is one code
+   path for every ISA. mb_vpow2_nc is valid for |t| <= 125 everywhere; where it is exact for
+   every finite t (AVX-512's scalef), MB_VPOW2_ANY_FINITE is defined. */
 #ifndef MB_COMMON_H
 #define MB_COMMON_H
 
@@ -14,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -232,6 +240,13 @@ MB_ALWAYS_INLINE mb_vf mb_vrcp(mb_vf d) {
     const mb_vf r = (mb_vf)_mm512_rcp14_ps((__m512)d);
     return r * (2.0f - d * r);
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+MB_ALWAYS_INLINE mb_vf mb_vclamp(mb_vf v, float lo, float hi) {
+    /* as above: v second, so that NaN stays NaN */
+    return (mb_vf)_mm256_min_ps(_mm256_set1_ps(hi),
+                                _mm256_max_ps(_mm256_set1_ps(lo), (__m256)v));
+}
+MB_ALWAYS_INLINE mb_vf mb_vrcp(mb_vf d) { return 1.0f / d; }
 #else
 MB_ALWAYS_INLINE mb_vf mb_vclamp(mb_vf v, float lo, float hi) {
     mb_vi bits = (mb_vi)v;
@@ -312,6 +327,109 @@ MB_ALWAYS_INLINE void mb_vstore(void* p, const int dt, mb_vf v) {
 
 #if defined(__AVX512F__)
 #include "isa/mb_avx512.h"
+#elif defined(__AVX2__) && defined(__FMA__)
+#include "isa/mb_avx2.h"
 #endif
+
+#ifndef MB_VHELPERS
+/* ------------------------------------------------------------------ portable vector helpers */
+/* The width-generic helpers in plain GNU vector code, for targets without an isa/ header
+   (SSE-only x86, NEON, others); same values as the ISA forms (see isa/mb_avx2.h). */
+#define MB_VHELPERS 1
+
+/* min(v, c), max(v, c); a NaN in v stays NaN */
+MB_ALWAYS_INLINE mb_vf mb_vmin(mb_vf v, float c) {
+    const mb_vi above = v > c;
+    return (mb_vf)(((mb_vi)v & ~above) | ((mb_vi)((mb_vf){0} + c) & above));
+}
+MB_ALWAYS_INLINE mb_vf mb_vmax(mb_vf v, float c) {
+    const mb_vi below = v < c;
+    return (mb_vf)(((mb_vi)v & ~below) | ((mb_vi)((mb_vf){0} + c) & below));
+}
+
+/* 2^r for |r| <= 1/2 (the polynomial of isa/mb_avx512.h) */
+MB_ALWAYS_INLINE mb_vf mb_vpow2_poly(mb_vf r) {
+    mb_vf p = r * 1.327647129073739e-3f + 9.675540961325169e-3f;
+    p = p * r + 5.550713092088699e-2f;
+    p = p * r + 2.4022120237350464e-1f;
+    p = p * r + 6.931469440460205e-1f;
+    return p * r + 1.0000001192092896f;
+}
+
+/* 2^t for |t| <= 125, no clamps (NaN stays NaN): n read off t + 1.5 * 2^23, 2^n added to
+   the exponent bits of 2^r (see isa/mb_avx2.h) */
+MB_ALWAYS_INLINE mb_vf mb_vpow2_nc(mb_vf t) {
+    const mb_vf mg = t + 12582912.0f;
+    const mb_vf r = t - (mg - 12582912.0f);
+    return (mb_vf)((mb_vu)mb_vpow2_poly(r) + ((mb_vu)mg << 23));
+}
+
+/* 2^t for any t (0 for t <= -127, inf for t >= 128, NaN stays NaN): 2^n built from the bits
+   of n + 127 and multiplied in (see isa/mb_avx2.h) */
+MB_ALWAYS_INLINE mb_vf mb_vpow2(mb_vf t) {
+    t = mb_vmax(mb_vmin(t, 128.0f), -127.0f);
+    const mb_vf mg = t + 12583039.0f;
+    const mb_vf r = t - (mg - 12583039.0f);
+    return mb_vpow2_poly(r) * (mb_vf)((mb_vu)mg << 23);
+}
+
+/* whether every lane of v is below c (false where a lane is NaN) */
+MB_ALWAYS_INLINE int mb_vall_lt(mb_vf v, float c) {
+    int ok = 1;
+    for (int i = 0; i < MB_VL; ++i) ok &= v[i] < c;
+    return ok;
+}
+
+/* mb_softplus on MB_VL lanes (threshold 20, 0 below -87, NaN stays NaN) */
+MB_ALWAYS_INLINE mb_vf mb_vsoftplus(mb_vf x) {
+    const mb_vf ax = (mb_vf)((mb_vi)x & 0x7fffffff);
+    const mb_vf y = mb_vpow2(ax * -MB_LOG2E);
+    const mb_vf r = y / (y + 2.0f), r2 = r * r;
+    mb_vf p = r2 * (1.0f / 11.0f) + 1.0f / 9.0f;
+    p = p * r2 + 1.0f / 7.0f;
+    p = p * r2 + 1.0f / 5.0f;
+    p = p * r2 + 1.0f / 3.0f;
+    p = p * r2 + 1.0f;
+    const mb_vf sp = (r + r) * p + mb_vmax(x, 0.0f);
+    const mb_vi tiny = x < -87.0f;
+    return (mb_vf)((mb_vi)sp & ~tiny);
+}
+
+/* y * silu(z) (gate 0 below z = -88, so y * z * 0 is NaN where y * z is not finite) */
+MB_ALWAYS_INLINE mb_vf mb_vgate(mb_vf y, mb_vf z) {
+    const mb_vf yz = y * z;
+    const mb_vf g = yz / (1.0f + mb_vpow2(mb_vmin(z * -MB_LOG2E, 100.0f)));
+    const mb_vi tiny = z < -88.0f;
+    return (mb_vf)(((mb_vi)g & ~tiny) | ((mb_vi)(yz * 0.0f) & tiny));
+}
+
+/* r[i] lane j <- r[j] lane i, through memory (MB_VL x MB_VL floats) */
+MB_ALWAYS_INLINE void mb_vtranspose(mb_vf* r) {
+    float __attribute__((aligned(64))) b[MB_VL][MB_VL];
+    for (int i = 0; i < MB_VL; ++i) memcpy(b[i], &r[i], sizeof(mb_vf));
+    for (int i = 0; i < MB_VL; ++i)
+        for (int j = 0; j < MB_VL; ++j) r[i][j] = b[j][i];
+}
+
+/* lanes i < n of p[i * st] (0 < n <= MB_VL), the others 0 */
+MB_ALWAYS_INLINE mb_vf mb_vload_part(const float* p, int64_t st, int64_t n) {
+    mb_vf v = {0};
+    if (st == 1 && n == MB_VL) {
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
+    for (int64_t i = 0; i < n; ++i) v[i] = p[i * st];
+    return v;
+}
+
+/* p[i * st] = lane i of v, i < n (0 < n <= MB_VL) */
+MB_ALWAYS_INLINE void mb_vstore_part(float* p, int64_t st, int64_t n, mb_vf v) {
+    if (st == 1 && n == MB_VL) {
+        memcpy(p, &v, sizeof v);
+        return;
+    }
+    for (int64_t i = 0; i < n; ++i) p[i * st] = v[i];
+}
+#endif /* MB_VHELPERS */
 
 #endif /* MB_COMMON_H */

@@ -1,6 +1,8 @@
-/* Mamba1 selective scan kernels: mb_scan_f32 (contiguous, one sequence per item) and
-   mb_scan_varlen (vLLM's varlen layout through strides, in place). The AVX-512 block kernel
-   sits under MB_V512; every other target takes the portable loop. */
+/* Mamba1 selective scan kernels: mb_scan_f32 (contiguous fp32, one sequence per item) and
+   mb_scan_varlen (vLLM's varlen layout through strides, in place, fp32 or bf16 storage).
+   mb_scan_varlen runs one vector block kernel for N <= 64, written over the width-generic
+   helpers of mb_common.h: 16 lanes on AVX-512, 8 on AVX2 (isa/ headers), the portable
+   GNU-vector forms elsewhere (SSE, NEON, ...); a scalar loop serves larger N. */
 #include "mb_common.h"
 
 /* Mamba1 scan: u, dt, y (T, Dm); B, C (T, G, N); A (Dm, N); h (S, Dm, N) in/out.
@@ -65,217 +67,221 @@ int mb_scan_f32(const MbScanArgs* a, int64_t args_size) {
     return failed ? MB_ENOMEM : MB_OK;
 }
 
-#ifdef MB_V512
-/* 16 token values of one channel into a vector (lanes past tl are zero), any stride. */
-static inline __m512 ld_tok(const float* p, int64_t st, int64_t tl) {
-    const __mmask16 m = (__mmask16)((1u << tl) - 1u);
-    if (st == 1) return _mm512_maskz_loadu_ps(m, p);
-    float __attribute__((aligned(64))) b[16] = {0};
-    for (int64_t i = 0; i < tl; ++i) b[i] = p[i * st];
-    return _mm512_load_ps(b);
-}
-static inline void st_tok(float* p, int64_t st, int64_t tl, __m512 v) {
-    const __mmask16 m = (__mmask16)((1u << tl) - 1u);
-    if (st == 1) { _mm512_mask_storeu_ps(p, m, v); return; }
-    float __attribute__((aligned(64))) b[16];
-    _mm512_store_ps(b, v);
-    for (int64_t i = 0; i < tl; ++i) p[i * st] = b[i];
+/* ------------------------------------------------------------------ mb_scan_varlen */
+/* u, delta and z are stored in fp32 or bf16 (dt, a constant in each compiled kernel); all
+   arithmetic is fp32. */
+
+/* lanes j < n of element i + j * st of a dt-coded array, as fp32 (the others 0) */
+MB_ALWAYS_INLINE mb_vf ld_row(const void* p, const int dt, int64_t i, int64_t st, int64_t n) {
+    if (dt == MB_F32) return mb_vload_part((const float*)p + i, st, n);
+    const uint16_t* q = (const uint16_t*)p + i;
+    if (st == 1 && n == MB_VL) return mb_vload(q, MB_BF16);
+    mb_vf v = {0};
+    for (int64_t j = 0; j < n; ++j) v[j] = mb_bf16_to_f32(q[j * st]);
+    return v;
 }
 
-/* In-register transpose of a 16x16 tile: r[i] lane j <- r[j] lane i. */
-static inline void tr16(__m512* r) {
-    __m512 t[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+/* element i + j * st of a dt-coded array = lane j of v, j < n */
+MB_ALWAYS_INLINE void st_row(void* p, const int dt, int64_t i, int64_t st, int64_t n, mb_vf v) {
+    if (dt == MB_F32) {
+        mb_vstore_part((float*)p + i, st, n, v);
+        return;
     }
-    for (int i = 0; i < 4; ++i) {
-        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
-        const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    uint16_t* q = (uint16_t*)p + i;
+    if (st == 1 && n == MB_VL) {
+        mb_vstore_bf16(q, v);
+        return;
     }
-    for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 4; ++j) {
-            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
-            t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xDD);
-        }
-    for (int j = 0; j < 8; ++j) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
-    }
+    for (int64_t j = 0; j < n; ++j) q[j * st] = mb_f32_to_bf16(v[j]);
 }
 
-/* One work item of mb_scan_varlen: tokens [t0, t1) of the nd <= 16 channels d0.. (one
-   group). Lanes are channels; the state is N vectors (one per n) kept in registers across
-   tokens, so y accumulates without any horizontal sum. Per tile of 16 tokens, dt (biased,
-   softplussed) and dt*u are formed along t (one row per channel) and transposed into lane
-   order in registers; y is transposed back, then D*u and the z gate are applied along t.
-   B and C element n of token t is at t * bt + n * bn (resp. ct, cn). */
-static inline __attribute__((always_inline)) void scan_blk_v512(
-    const float* u, const float* dbias, int softplus, const float* A, const float* Bg,
-    const float* Cg, int64_t bt, int64_t bn, int64_t ct, int64_t cn, const float* Dp,
-    float* z, float* delta, float* hs, const int64_t* k, int64_t t0, int64_t t1,
-    int64_t d0, int64_t nd, int64_t N, int64_t pf) {
-    __m512 h[64], a2[64], rdt[16], rxu[16], ry[16];
-    const __mmask16 m = (__mmask16)((1u << nd) - 1u);
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i rowN = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)N));
-    for (int64_t n = 0; n < N; ++n) {
-        const __m512i ix = _mm512_add_epi32(rowN, _mm512_set1_epi32((int)n));
-        h[n] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, ix, hs + d0 * N, 4);
-        a2[n] = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, ix, A + d0 * N, 4),
-                              _mm512_set1_ps(MB_LOG2E));
-    }
-    /* Channel-last views ((T, dim).t(), as vLLM's Mamba1 mixer passes them): a token's
-       channels are contiguous, so tiles load straight into lane order, no transposes. */
-    const int chan_last = k[0] == 1 && k[4] == 1 && (!z || k[2] == 1);
-    const __m512 dbv = dbias ? _mm512_maskz_loadu_ps(m, dbias + d0) : _mm512_setzero_ps();
-    const __m512 Dv = Dp ? _mm512_maskz_loadu_ps(m, Dp + d0) : _mm512_setzero_ps();
-    for (int64_t tb = t0; chan_last && tb < t1; ++tb) {
-        __m512 dtv = _mm512_add_ps(_mm512_maskz_loadu_ps(m, delta + d0 + tb * k[5]), dbv);
-        if (softplus) dtv = vsoftplus(dtv);
-        const __m512 uv = _mm512_maskz_loadu_ps(m, u + d0 + tb * k[1]);
-        const __m512 xu = _mm512_mul_ps(dtv, uv); /* dt = inf: an infinite input, as the spec */
-        /* |dt * A * log2(e)| stays finite, which vexp2_nc needs; NaN stays NaN */
-        dtv = _mm512_min_ps(_mm512_set1_ps(1e18f), dtv);
-        const float* b = Bg + tb * bt;
-        const float* c = Cg + tb * ct;
-        __m512 acc0 = _mm512_mul_ps(Dv, uv), acc1 = _mm512_setzero_ps();
+/* One token on the N state vectors (lanes are channels): h[n] = 2^(dt a2[n]) h[n] + xu B[n],
+   returns acc0 + sum_n h[n] C[n]. fast: every |dt a2[n]| is at most 125, so 2^t needs no
+   clamps (mb_vpow2_nc); otherwise the clamped, saturating mb_vpow2. */
+MB_ALWAYS_INLINE mb_vf scan_step(mb_vf* restrict h, const mb_vf* restrict a2, mb_vf dtv,
+                                 mb_vf xu, const float* b, int64_t bn, const float* c,
+                                 int64_t cn, int64_t N, mb_vf acc0, int fast) {
+    mb_vf acc1 = {0};
+    if (fast) {
         #pragma GCC unroll 16
         for (int64_t n = 0; n < N; ++n) {
-            const __m512 e = vexp2_nc(_mm512_mul_ps(dtv, a2[n]));
-            h[n] = _mm512_fmadd_ps(e, h[n], _mm512_mul_ps(xu, _mm512_set1_ps(b[n * bn])));
-            if (n & 1) acc1 = _mm512_fmadd_ps(h[n], _mm512_set1_ps(c[n * cn]), acc1);
-            else acc0 = _mm512_fmadd_ps(h[n], _mm512_set1_ps(c[n * cn]), acc0);
+            h[n] = mb_vpow2_nc(dtv * a2[n]) * h[n] + xu * b[n * bn];
+            if (n & 1) acc1 += h[n] * c[n * cn];
+            else acc0 += h[n] * c[n * cn];
         }
-        const __m512 y = _mm512_add_ps(acc0, acc1);
-        _mm512_mask_storeu_ps(delta + d0 + tb * k[5], m, y);
-        if (z) {
-            float* zp = z + d0 + tb * k[3];
-            _mm512_mask_storeu_ps(zp, m, vgate(y, _mm512_maskz_loadu_ps(m, zp)));
+    } else {
+        #pragma GCC unroll 16
+        for (int64_t n = 0; n < N; ++n) {
+            h[n] = mb_vpow2(dtv * a2[n]) * h[n] + xu * b[n * bn];
+            if (n & 1) acc1 += h[n] * c[n * cn];
+            else acc0 += h[n] * c[n * cn];
         }
     }
-    for (int64_t tb = t0; !chan_last && tb < t1; tb += 16) {
-        const int64_t tl = t1 - tb < 16 ? t1 - tb : 16;
-        for (int64_t q = 0; q < 16; ++q) {
+    return acc0 + acc1;
+}
+
+/* Whether the unclamped 2^t serves a token whose dt lanes are dtv (|dt| * max_n |a2| bound) */
+MB_ALWAYS_INLINE int scan_fast(int a_ok, mb_vf dtv, mb_vf amax) {
+#ifdef MB_VPOW2_ANY_FINITE
+    (void)dtv, (void)amax; /* 2^t is exact for every finite t, and t is finite */
+    return a_ok;
+#else
+    return a_ok && mb_vall_lt((mb_vf)((mb_vi)dtv & 0x7fffffff) * amax, 125.0f);
+#endif
+}
+
+/* One work item of mb_scan_varlen: tokens [t0, t1) of the nd <= MB_VL channels d0.. of one
+   group. Lanes are channels; the state is N vectors (one per n) that persist across tokens,
+   so y accumulates without a horizontal sum. Tokens-last rows (the layout of the op's
+   arguments): per tile of MB_VL tokens, dt (biased, softplussed) and dt u are formed along t,
+   one row per channel, and transposed into lane order in registers; y is transposed back,
+   then D u and the z gate are applied along t. Channel-last views ((T, dim).t(), as vLLM's
+   Mamba1 mixer passes them) load a token's channels straight into lanes. B and C element n
+   of token t are at t * bt + n * bn (resp. ct, cn). Non-finite values as the spec: dt is
+   clamped to [-1e18, 1e18] before the decay (dt = inf stays in dt u), so that dt a2 is
+   finite for |A| < 3e20; 2^t saturates to 0 / inf. */
+MB_ALWAYS_INLINE void scan_blk(const int dt, const void* u, const float* dbias, int softplus,
+                               const float* A, const float* Bg, const float* Cg, int64_t bt,
+                               int64_t bn, int64_t ct, int64_t cn, const float* Dp, void* z,
+                               void* delta, float* hs, const int64_t* k, int64_t t0,
+                               int64_t t1, int64_t d0, int64_t nd, int64_t N, int64_t pf) {
+    mb_vf h[64], a2[64], rdt[MB_VL], rxu[MB_VL], ry[MB_VL];
+    const mb_vf zero = {0};
+    mb_vf amax = zero; /* max_n |a2[n]| per channel */
+    for (int64_t n = 0; n < N; ++n) {
+        h[n] = mb_vload_part(hs + d0 * N + n, N, nd);
+        a2[n] = mb_vload_part(A + d0 * N + n, N, nd) * MB_LOG2E;
+        const mb_vf aa = (mb_vf)((mb_vi)a2[n] & 0x7fffffff);
+        const mb_vi gt = aa > amax;
+        amax = (mb_vf)(((mb_vi)amax & ~gt) | ((mb_vi)aa & gt));
+    }
+    /* |A| huge, inf or NaN: never fast (the clamped step keeps NaN and saturates) */
+    const int a_ok = mb_vall_lt(amax, 3e20f);
+    const int64_t es = mb_esize(dt);
+    const int chan_last = k[0] == 1 && k[4] == 1 && (!z || k[2] == 1);
+    const mb_vf dbv = dbias ? mb_vload_part(dbias + d0, 1, nd) : zero;
+    const mb_vf Dv = Dp ? mb_vload_part(Dp + d0, 1, nd) : zero;
+    for (int64_t tb = t0; chan_last && tb < t1; ++tb) {
+        mb_vf dtv = ld_row(delta, dt, d0 + tb * k[5], 1, nd) + dbv;
+        if (softplus) dtv = mb_vsoftplus(dtv);
+        const mb_vf uv = ld_row(u, dt, d0 + tb * k[1], 1, nd);
+        const mb_vf xu = dtv * uv; /* dt = inf: an infinite input, as the spec */
+        dtv = mb_vclamp(dtv, -1e18f, 1e18f);
+        const int fast = scan_fast(a_ok, dtv, amax);
+        const mb_vf y =
+            scan_step(h, a2, dtv, xu, Bg + tb * bt, bn, Cg + tb * ct, cn, N, Dv * uv, fast);
+        st_row(delta, dt, d0 + tb * k[5], 1, nd, y);
+        if (z) {
+            const int64_t iz = d0 + tb * k[3];
+            st_row(z, dt, iz, 1, nd, mb_vgate(y, ld_row(z, dt, iz, 1, nd)));
+        }
+    }
+    for (int64_t tb = t0; !chan_last && tb < t1; tb += MB_VL) {
+        const int64_t tl = t1 - tb < MB_VL ? t1 - tb : MB_VL;
+        for (int64_t q = 0; q < MB_VL; ++q) {
             if (q >= nd) {
-                rdt[q] = rxu[q] = _mm512_setzero_ps();
+                rdt[q] = rxu[q] = zero;
                 continue;
             }
             const int64_t d = d0 + q;
-            /* 48 row streams are too many for the hardware prefetchers: fetch ahead */
-            _mm_prefetch((const char*)(delta + d * k[4] + (tb + pf) * k[5]), _MM_HINT_T0);
-            _mm_prefetch((const char*)(u + d * k[0] + (tb + pf) * k[1]), _MM_HINT_T0);
-            if (z) _mm_prefetch((const char*)(z + d * k[2] + (tb + pf) * k[3]), _MM_HINT_T0);
-            __m512 dtv = _mm512_add_ps(ld_tok(delta + d * k[4] + tb * k[5], k[5], tl),
-                                       _mm512_set1_ps(dbias ? dbias[d] : 0.0f));
-            if (softplus) dtv = vsoftplus(dtv);
-            rxu[q] = _mm512_mul_ps(dtv, ld_tok(u + d * k[0] + tb * k[1], k[1], tl));
-            /* |dt * A * log2(e)| stays finite, which vexp2_nc needs; NaN stays NaN */
-            rdt[q] = _mm512_min_ps(_mm512_set1_ps(1e18f), dtv);
+            /* 3 * MB_VL row streams are too many for the hardware prefetchers: fetch ahead */
+            __builtin_prefetch((const char*)delta + (d * k[4] + (tb + pf) * k[5]) * es);
+            __builtin_prefetch((const char*)u + (d * k[0] + (tb + pf) * k[1]) * es);
+            if (z) __builtin_prefetch((const char*)z + (d * k[2] + (tb + pf) * k[3]) * es);
+            mb_vf dtv = ld_row(delta, dt, d * k[4] + tb * k[5], k[5], tl) +
+                        (dbias ? dbias[d] : 0.0f);
+            if (softplus) dtv = mb_vsoftplus(dtv);
+            rxu[q] = dtv * ld_row(u, dt, d * k[0] + tb * k[1], k[1], tl);
+            rdt[q] = mb_vclamp(dtv, -1e18f, 1e18f);
         }
-        tr16(rdt);
-        tr16(rxu);
+        mb_vtranspose(rdt);
+        mb_vtranspose(rxu);
         for (int64_t i = 0; i < tl; ++i) {
-            const float* b = Bg + (tb + i) * bt;
-            const float* c = Cg + (tb + i) * ct;
-            const __m512 dtv = rdt[i], xu = rxu[i];
-            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-            #pragma GCC unroll 16
-            for (int64_t n = 0; n < N; ++n) {
-                const __m512 e = vexp2_nc(_mm512_mul_ps(dtv, a2[n]));
-                h[n] = _mm512_fmadd_ps(e, h[n], _mm512_mul_ps(xu, _mm512_set1_ps(b[n * bn])));
-                if (n & 1) acc1 = _mm512_fmadd_ps(h[n], _mm512_set1_ps(c[n * cn]), acc1);
-                else acc0 = _mm512_fmadd_ps(h[n], _mm512_set1_ps(c[n * cn]), acc0);
-            }
-            ry[i] = _mm512_add_ps(acc0, acc1);
+            const int fast = scan_fast(a_ok, rdt[i], amax);
+            ry[i] = scan_step(h, a2, rdt[i], rxu[i], Bg + (tb + i) * bt, bn, Cg + (tb + i) * ct,
+                              cn, N, zero, fast);
         }
-        for (int64_t i = tl; i < 16; ++i) ry[i] = _mm512_setzero_ps();
-        tr16(ry);
+        for (int64_t i = tl; i < MB_VL; ++i) ry[i] = zero;
+        mb_vtranspose(ry);
         for (int64_t q = 0; q < nd; ++q) {
             const int64_t d = d0 + q;
-            const __m512 uv = ld_tok(u + d * k[0] + tb * k[1], k[1], tl);
-            const __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(Dp ? Dp[d] : 0.0f), uv, ry[q]);
-            st_tok(delta + d * k[4] + tb * k[5], k[5], tl, y);
+            const mb_vf uv = ld_row(u, dt, d * k[0] + tb * k[1], k[1], tl);
+            const mb_vf y = ry[q] + (Dp ? Dp[d] : 0.0f) * uv;
+            st_row(delta, dt, d * k[4] + tb * k[5], k[5], tl, y);
             if (z) {
-                float* zp = z + d * k[2] + tb * k[3];
-                st_tok(zp, k[3], tl, vgate(y, ld_tok(zp, k[3], tl)));
+                const int64_t iz = d * k[2] + tb * k[3];
+                st_row(z, dt, iz, k[3], tl, mb_vgate(y, ld_row(z, dt, iz, k[3], tl)));
             }
         }
     }
-    float __attribute__((aligned(64))) tmp[16];
-    for (int64_t n = 0; n < N; ++n) {
-        _mm512_store_ps(tmp, h[n]);
-        for (int64_t q = 0; q < nd; ++q) hs[(d0 + q) * N + n] = tmp[q];
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t q = 0; q < nd; ++q) hs[(d0 + q) * N + n] = h[n][q];
+}
+
+/* The compiled forms: storage dtype x (N = 16 with unit-stride B/C rows, or any N <= 64) */
+#define MB_SCAN_BLK(name, DT, NN, BN, CN)                                                      \
+    static void name(const void* u, const float* dbias, int softplus, const float* A,          \
+                     const float* Bg, const float* Cg, int64_t bt, int64_t bn, int64_t ct,     \
+                     int64_t cn, const float* Dp, void* z, void* delta, float* hs,             \
+                     const int64_t* k, int64_t t0, int64_t t1, int64_t d0, int64_t nd,         \
+                     int64_t N, int64_t pf) {                                                  \
+        (void)bn, (void)cn, (void)N;                                                           \
+        scan_blk(DT, u, dbias, softplus, A, Bg, Cg, bt, BN, ct, CN, Dp, z, delta, hs, k, t0,   \
+                 t1, d0, nd, NN, pf);                                                          \
     }
-}
+MB_SCAN_BLK(scan_blk_f32_n16, MB_F32, 16, 1, 1)
+MB_SCAN_BLK(scan_blk_bf16_n16, MB_BF16, 16, 1, 1)
+MB_SCAN_BLK(scan_blk_f32_any, MB_F32, N, bn, cn)
+MB_SCAN_BLK(scan_blk_bf16_any, MB_BF16, N, bn, cn)
+#undef MB_SCAN_BLK
 
-static void scan_blk_v512_n16(const float* u, const float* dbias, int softplus,
-                              const float* A, const float* Bg, const float* Cg, int64_t bt,
-                              int64_t bn, int64_t ct, int64_t cn, const float* Dp, float* z,
-                              float* delta, float* hs, const int64_t* k, int64_t t0,
-                              int64_t t1, int64_t d0, int64_t nd, int64_t pf) {
-    scan_blk_v512(u, dbias, softplus, A, Bg, Cg, bt, bn, ct, cn, Dp, z, delta, hs, k, t0, t1,
-                  d0, nd, 16, pf);
-}
+typedef void (*scan_blk_fn)(const void*, const float*, int, const float*, const float*,
+                            const float*, int64_t, int64_t, int64_t, int64_t, const float*,
+                            void*, void*, float*, const int64_t*, int64_t, int64_t, int64_t,
+                            int64_t, int64_t, int64_t);
 
-static void scan_blk_v512_any(const float* u, const float* dbias, int softplus,
-                              const float* A, const float* Bg, const float* Cg, int64_t bt,
-                              int64_t bn, int64_t ct, int64_t cn, const float* Dp, float* z,
-                              float* delta, float* hs, const int64_t* k, int64_t t0,
-                              int64_t t1, int64_t d0, int64_t nd, int64_t N,
-                              int64_t pf) {
-    scan_blk_v512(u, dbias, softplus, A, Bg, Cg, bt, bn, ct, cn, Dp, z, delta, hs, k, t0, t1,
-                  d0, nd, N, pf);
-}
-#endif
-
-/* Mamba1 scan in vLLM's varlen layout, in place. Element (d, t) of u, z, delta at
-   d*k[0] + t*k[1] (u), d*k[2] + t*k[3] (z), d*k[4] + t*k[5] (delta); dt = delta + dbias[d]
-   (dbias may be NULL), softplussed when asked, is read before delta[d, t] is overwritten;
-   B/C element (g, n, t) at g*k[6] + n*k[7] + t*k[8] (B) and g*k[9] + n*k[10] + t*k[11] (C).
-   y = h C + D u goes to delta; with z, y * silu(z) goes to z. h: (S, Dm, N) contiguous
-   in/out; run[s] = 0 skips sequence s entirely. */
+/* Mamba1 scan in vLLM's varlen layout, in place. u, z, delta are stored in a->dtype (fp32 or
+   bf16), everything else is fp32. Element (d, t) of u, z, delta at d*k[0] + t*k[1] (u),
+   d*k[2] + t*k[3] (z), d*k[4] + t*k[5] (delta); dt = delta + dbias[d] (dbias may be NULL),
+   softplussed when asked, is read before delta[d, t] is overwritten; B/C element (g, n, t) at
+   g*k[6] + n*k[7] + t*k[8] (B) and g*k[9] + n*k[10] + t*k[11] (C). y = h C + D u goes to
+   delta; with z, y * silu(z) goes to z. h: (S, Dm, N) contiguous fp32 in/out; run[s] = 0
+   skips sequence s entirely. Work item = (sequence, group, MB_VL channels) for N <= 64 (the
+   vector kernel), (sequence, group, DB channels) otherwise (the scalar loop). */
 int mb_scan_varlen(const MbScanVarlenArgs* a, int64_t args_size) {
     MB_CHECK_ARGS(a, args_size);
-    const float *u = a->u, *dbias = a->delta_bias, *A = a->A, *B = a->B, *C = a->C;
+    const float *dbias = a->delta_bias, *A = a->A, *B = a->B, *C = a->C;
     const float* Dp = a->D;
-    float *z = a->z, *delta = a->delta, *h = a->h;
+    const void* u = a->u;
+    void *z = a->z, *delta = a->delta;
+    float* h = a->h;
     const uint8_t* run = a->run;
     const int64_t* qsl = a->qsl;
     const int64_t S = a->S, Dm = a->Dm, N = a->N, G = a->G, pf = a->prefetch;
     const int softplus = (int)a->softplus, nthreads = (int)a->nthreads;
+    const int dt = a->dtype == MB_BF16 ? MB_BF16 : MB_F32;
     /* local copy: provably not aliased by the stores */
     const int64_t k[12] = {a->su[0], a->su[1], a->sz[0], a->sz[1], a->sdelta[0], a->sdelta[1],
                            a->sB[0], a->sB[1], a->sB[2], a->sC[0], a->sC[1], a->sC[2]};
-    (void)pf; /* read by the AVX-512 block kernel only */
     int failed = 0;
     const int64_t Dg = Dm / G;
-    const int64_t nblk = (Dg + DB - 1) / DB;
-#ifdef MB_V512
     if (N <= 64) {
+        const int64_t nvb = (Dg + MB_VL - 1) / MB_VL;
+        const int n16 = N == 16 && k[7] == 1 && k[10] == 1;
+        const scan_blk_fn fn = dt == MB_BF16 ? (n16 ? scan_blk_bf16_n16 : scan_blk_bf16_any)
+                                             : (n16 ? scan_blk_f32_n16 : scan_blk_f32_any);
         #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-        for (int64_t item = 0; item < S * G * nblk; ++item) {
-            const int64_t s = item / (G * nblk), g = (item / nblk) % G;
+        for (int64_t item = 0; item < S * G * nvb; ++item) {
+            const int64_t s = item / (G * nvb), g = (item / nvb) % G;
             if (!run[s]) continue;
-            const int64_t d0 = g * Dg + (item % nblk) * DB;
-            const int64_t nd = d0 + DB < (g + 1) * Dg ? DB : (g + 1) * Dg - d0;
-            float* hs = h + s * Dm * N;
-            if (N == 16)
-                scan_blk_v512_n16(u, dbias, softplus, A, B + g * k[6], C + g * k[9], k[8],
-                                  k[7], k[11], k[10], Dp, z, delta, hs, k, qsl[s], qsl[s + 1],
-                                  d0, nd, pf);
-            else
-                scan_blk_v512_any(u, dbias, softplus, A, B + g * k[6], C + g * k[9], k[8],
-                                  k[7], k[11], k[10], Dp, z, delta, hs, k, qsl[s], qsl[s + 1],
-                                  d0, nd, N, pf);
+            const int64_t d0 = g * Dg + (item % nvb) * MB_VL;
+            const int64_t nd = d0 + MB_VL < (g + 1) * Dg ? MB_VL : (g + 1) * Dg - d0;
+            fn(u, dbias, softplus, A, B + g * k[6], C + g * k[9], k[8], k[7], k[11], k[10], Dp,
+               z, delta, h + s * Dm * N, k, qsl[s], qsl[s + 1], d0, nd, N, pf);
         }
         return MB_OK;
     }
-#endif
+    const int64_t nblk = (Dg + DB - 1) / DB;
     #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t item = 0; item < S * G * nblk; ++item) {
         const int64_t s = item / (G * nblk), g = (item / nblk) % G;
@@ -301,8 +307,8 @@ int mb_scan_varlen(const MbScanVarlenArgs* a, int64_t args_size) {
             float dtv[DB], xu[DB], acc[DB];
             for (int64_t q = 0; q < DB; ++q) {
                 const int64_t d = d0 + (q < nd ? q : 0);
-                dtv[q] = delta[d * k[4] + t * k[5]] + (dbias ? dbias[d] : 0.0f);
-                xu[q] = u[d * k[0] + t * k[1]];
+                dtv[q] = mb_ld(delta, dt, d * k[4] + t * k[5]) + (dbias ? dbias[d] : 0.0f);
+                xu[q] = mb_ld(u, dt, d * k[0] + t * k[1]);
                 acc[q] = 0.0f;
             }
             if (softplus) {
@@ -330,13 +336,12 @@ int mb_scan_varlen(const MbScanVarlenArgs* a, int64_t args_size) {
             }
             for (int64_t q = 0; q < nd; ++q) {
                 const int64_t d = d0 + q;
-                const float uv = u[d * k[0] + t * k[1]];
+                const float uv = mb_ld(u, dt, d * k[0] + t * k[1]);
                 const float yv = acc[q] + (Dp ? Dp[d] * uv : 0.0f);
-                delta[d * k[4] + t * k[5]] = yv;
+                mb_st(delta, dt, d * k[4] + t * k[5], yv);
                 if (z) {
-                    float* zp = z + d * k[2] + t * k[3];
-                    const float zv = *zp;
-                    *zp = yv * mb_silu(zv);
+                    const int64_t iz = d * k[2] + t * k[3];
+                    mb_st(z, dt, iz, yv * mb_silu(mb_ld(z, dt, iz)));
                 }
             }
         }

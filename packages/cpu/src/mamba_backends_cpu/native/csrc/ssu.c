@@ -1,6 +1,9 @@
 /* Selective state update (mb_ssu): one decode token per request, the states updated in
    place through any strides. */
 #include "mb_common.h"
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 /* Selective state update, one token per request, everything addressed through strides
    (vLLM's tied Mamba2 layout has zero strides; nothing is copied on the Python side).
@@ -156,9 +159,97 @@ SSU_V512_FN(f16, mb_half)
         }                                                                               \
     }
 #define SSU_V512_OK (tied && wr && sn == 1 && N % 16 == 0 && N <= 256 && P <= 1024)
+#define SSU_VEC_OK 0
+#define SSU_VEC_HEAD(DT) { (void)base; }
 #else
 #define SSU_V512_OK 0
 #define SSU_V512_HEAD(SFX) { (void)base; }
+
+/* 2 * MB_VL consecutive values of v0 then v1 as dt: with AVX2 bf16, both vectors are rounded
+   and then packed by one pack + one permute (mb_vstore_bf16's rounding and NaN rule). */
+MB_ALWAYS_INLINE void ssu_store2(void* p, const int dt, mb_vf v0, mb_vf v1) {
+#if defined(__AVX2__)
+    if (dt == MB_BF16) {
+        const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
+        const __m256i mag = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+        __m256i r[2];
+        for (int i = 0; i < 2; ++i) {
+            const __m256i u = (__m256i)(i ? v1 : v0);
+            const __m256i hi = _mm256_srli_epi32(u, 16);
+            const __m256i rnd = _mm256_srli_epi32(
+                _mm256_add_epi32(_mm256_add_epi32(u, bias), _mm256_and_si256(hi, one)), 16);
+            const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, mag), inf);
+            r[i] = _mm256_blendv_epi8(rnd, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+        }
+        _mm256_storeu_si256((__m256i*)p,
+                            _mm256_permute4x64_epi64(_mm256_packus_epi32(r[0], r[1]), 0xD8));
+        return;
+    }
+#endif
+    mb_vstore(p, dt, v0);
+    mb_vstore((char*)p + MB_VL * mb_esize(dt), dt, v1);
+}
+
+/* Tied rows with N a multiple of MB_VL, fp32 (dt 0) or bf16 (dt 1) states, on every target
+   without AVX-512 (AVX2: 8 lanes, NEON/SSE: 4): each state row is read and written once as
+   MB_VL-lane vectors, and reduced to y[p] = sum_n h[p, n] C[n]. B and C are re-read from L1
+   per row (16 ymm registers cannot hold both at N = 128). ``in``/``o``: row p at p * ps
+   elements. ``dt`` is a literal at each call, so the dtype branches fold. */
+MB_ALWAYS_INLINE void ssu_rows_vec(const void* in, void* o, const int dt, int64_t ps,
+                                   const float* b, const float* c, float dA, float dt0,
+                                   const float* x, int64_t xs, float* yrow, int64_t P,
+                                   int64_t N) {
+    const int64_t es = mb_esize(dt);
+    const mb_vf vdA = (mb_vf){0} + dA;
+    for (int64_t p = 0; p < P; ++p) {
+        const char* ip = (const char*)in + p * ps * es;
+        char* op = (char*)o + p * ps * es;
+        const mb_vf vx = (mb_vf){0} + x[p * xs] * dt0;
+        mb_vf acc0 = {0}, acc1 = {0};
+        int64_t n = 0;
+        for (; n + 2 * MB_VL <= N; n += 2 * MB_VL) {
+            mb_vf b0, b1, c0, c1;
+            memcpy(&b0, b + n, sizeof b0);
+            memcpy(&b1, b + n + MB_VL, sizeof b1);
+            memcpy(&c0, c + n, sizeof c0);
+            memcpy(&c1, c + n + MB_VL, sizeof c1);
+            const mb_vf v0 = mb_vload(ip + n * es, dt) * vdA + vx * b0;
+            const mb_vf v1 = mb_vload(ip + (n + MB_VL) * es, dt) * vdA + vx * b1;
+            ssu_store2(op + n * es, dt, v0, v1);
+            acc0 += v0 * c0;
+            acc1 += v1 * c1;
+        }
+        for (; n < N; n += MB_VL) {
+            mb_vf b0, c0;
+            memcpy(&b0, b + n, sizeof b0);
+            memcpy(&c0, c + n, sizeof c0);
+            const mb_vf v0 = mb_vload(ip + n * es, dt) * vdA + vx * b0;
+            mb_vstore(op + n * es, dt, v0);
+            acc0 += v0 * c0;
+        }
+        yrow[p] = mb_vsum(acc0 + acc1);
+    }
+}
+
+/* The tied vector path of one (request, head): y rows, then D and z. */
+#define SSU_VEC_HEAD(DT)                                                                \
+    {                                                                                   \
+        float yrow[1024];                                                               \
+        ssu_rows_vec(base + src * k[0] + hh * k[1], base + dst * k[0] + hh * k[1], DT, \
+                     k[2], b, c, dAt, dt0, x + r * k[24] + hh * k[25], k[26], yrow, P, \
+                     N);                                                                \
+        for (int64_t p = 0; p < P; ++p) {                                               \
+            const float xv = x[r * k[24] + hh * k[25] + p * k[26]];                    \
+            float acc = yrow[p];                                                        \
+            if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                            \
+            if (z) {                                                                    \
+                const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                \
+                acc *= mb_silu(zv);                                                     \
+            }                                                                           \
+            out[r * k[21] + hh * k[22] + p * k[23]] = acc;                             \
+        }                                                                               \
+    }
+#define SSU_VEC_OK (tied && wr && sn == 1 && N % MB_VL == 0 && N <= 4096 && P <= 1024)
 #endif
 
 #define SSU_DISPATCH(LOAD, STORE)                                                      \
@@ -205,10 +296,12 @@ int mb_ssu(const MbSsuArgs* a, int64_t args_size) {
         if (dtype == 0) {
             typedef float T_; T_* base = (T_*)state;
             if (SSU_V512_OK) SSU_V512_HEAD(f32)
+            else if (SSU_VEC_OK) SSU_VEC_HEAD(0)
             else SSU_DISPATCH(ID, ID)
         } else if (dtype == 1) {
             typedef uint16_t T_; T_* base = (T_*)state;
             if (SSU_V512_OK) SSU_V512_HEAD(bf16)
+            else if (SSU_VEC_OK) SSU_VEC_HEAD(1)
             else SSU_DISPATCH(mb_bf16_to_f32, mb_f32_to_bf16)
         } else if (SSU_V512_OK) {
             typedef mb_half T_; T_* base = (T_*)state;

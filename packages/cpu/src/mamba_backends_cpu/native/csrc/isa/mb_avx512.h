@@ -1,10 +1,12 @@
 /* AVX-512 forms of the shared helpers (included by mb_common.h when __AVX512F__ is defined;
    mb_vf is then 16 lanes, the same register as __m512). Kernels use these in their
-   `#ifdef MB_V512` blocks; every other target takes the portable code. */
+   `#ifdef MB_V512` blocks, and the width-generic vector helpers of mb_common.h (mb_vpow2,
+   mb_vsoftplus, mb_vgate, mb_vtranspose, ...) are defined here on top of them. */
 #ifndef MB_AVX512_H
 #define MB_AVX512_H
 
 #define MB_V512 1
+#define MB_VHELPERS 1 /* the generic vector helpers are defined here */
 
 static inline __m512 vexp(__m512 x) { return (__m512)mb_vexp((mb_vf)x); }
 static inline __m512 vrcp(__m512 x) { return (__m512)mb_vrcp((mb_vf)x); }
@@ -69,6 +71,72 @@ static inline __m512 vsoftplus(__m512 x) {
     /* as mb_softplus: 0 below -87 (softplus(-inf) = 0 exactly) */
     const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
     return _mm512_mask_mov_ps(sp, tiny, _mm512_setzero_ps());
+}
+
+/* ------------------------------------------------------------------ generic helpers */
+/* min(v, c), max(v, c); a NaN in v stays NaN */
+MB_ALWAYS_INLINE mb_vf mb_vmin(mb_vf v, float c) {
+    return (mb_vf)_mm512_min_ps(_mm512_set1_ps(c), (__m512)v);
+}
+MB_ALWAYS_INLINE mb_vf mb_vmax(mb_vf v, float c) {
+    return (mb_vf)_mm512_max_ps(_mm512_set1_ps(c), (__m512)v);
+}
+/* 2^t for any t, infinite included (scalef saturates to 0 / inf past the clamp) */
+MB_ALWAYS_INLINE mb_vf mb_vpow2(mb_vf t) {
+    return (mb_vf)vexp2_nc((__m512)mb_vmax(mb_vmin(t, 256.0f), -256.0f));
+}
+/* 2^t for every finite t (no clamps; scalef saturates to 0 / inf) */
+#define MB_VPOW2_ANY_FINITE 1
+MB_ALWAYS_INLINE mb_vf mb_vpow2_nc(mb_vf t) { return (mb_vf)vexp2_nc((__m512)t); }
+/* whether every lane of v is below c (false where a lane is NaN) */
+MB_ALWAYS_INLINE int mb_vall_lt(mb_vf v, float c) {
+    return _mm512_cmp_ps_mask((__m512)v, _mm512_set1_ps(c), _CMP_LT_OQ) == 0xffff;
+}
+MB_ALWAYS_INLINE mb_vf mb_vsoftplus(mb_vf x) { return (mb_vf)vsoftplus((__m512)x); }
+MB_ALWAYS_INLINE mb_vf mb_vgate(mb_vf y, mb_vf z) { return (mb_vf)vgate((__m512)y, (__m512)z); }
+
+/* In-register transpose of a 16x16 tile: r[i] lane j <- r[j] lane i. */
+MB_ALWAYS_INLINE void mb_vtranspose(mb_vf* rv) {
+    __m512* r = (__m512*)rv;
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 4; ++j) {
+            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+            t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xDD);
+        }
+    for (int j = 0; j < 8; ++j) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+    }
+}
+
+/* lanes i < n of p[i * st] (0 < n <= 16), the others 0 */
+MB_ALWAYS_INLINE mb_vf mb_vload_part(const float* p, int64_t st, int64_t n) {
+    const __mmask16 m = (__mmask16)((1u << n) - 1u);
+    if (st == 1) return (mb_vf)_mm512_maskz_loadu_ps(m, p);
+    float __attribute__((aligned(64))) b[16] = {0};
+    for (int64_t i = 0; i < n; ++i) b[i] = p[i * st];
+    return (mb_vf)_mm512_load_ps(b);
+}
+/* p[i * st] = lane i of v, i < n (0 < n <= 16) */
+MB_ALWAYS_INLINE void mb_vstore_part(float* p, int64_t st, int64_t n, mb_vf v) {
+    const __mmask16 m = (__mmask16)((1u << n) - 1u);
+    if (st == 1) { _mm512_mask_storeu_ps(p, m, (__m512)v); return; }
+    float __attribute__((aligned(64))) b[16];
+    _mm512_store_ps(b, (__m512)v);
+    for (int64_t i = 0; i < n; ++i) p[i * st] = b[i];
 }
 
 #endif /* MB_AVX512_H */
