@@ -22,7 +22,7 @@ def test_probe(monkeypatch):
 def test_platform_facts():
     p = CudaPlatform()
     assert (p.name, p.device_type, p.is_accelerator) == ("cuda", "cuda", True)
-    assert p.get_mamba_backend_cls("gdn", None) is None  # defers until its kernels land
+    assert p.get_mamba_backend_cls("gdn", None) == "mamba_backends_triton.backends.TritonGdnBackend"
 
 
 def test_short_conv_takes_the_triton_backend_without_importing_triton():

@@ -13,6 +13,8 @@ TestTritonConformance = conformance_tests(
         "mamba_backends_triton.backends.TritonShortConvBackend",
         "mamba_backends_triton.backends.TritonMamba1Backend",
         "mamba_backends_triton.backends.TritonMamba2Backend",
+        "mamba_backends_triton.backends.TritonGdnBackend",
+        "mamba_backends_triton.backends.TritonLinearAttentionBackend",
     ],
     device="cpu" if interpreting() else None,
 )

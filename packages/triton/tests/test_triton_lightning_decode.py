@@ -1,8 +1,7 @@
 """The Triton ``linear_decode_forward`` (lightning / linear attention decode) against the spec.
 
-No Triton backend serves ``linear_attention`` yet (the ``lightning_attention`` prefill kernel
-is missing), so the conformance kit's fixed and drawn decode cases run here through a
-test-only declaration of the Triton dtypes/devices; then what the kit's grid does not reach:
+The conformance kit's cases run in test_triton_conformance (``triton.linear_attention``);
+here is what the kit's grid does not reach:
 D that is not a power of two, caches split into several column blocks (tuning overrides),
 strided caches (transposed, inside pages), NaN-filled pad/null/spare slots that stay
 bit-identical, strongly decaying and infinite slopes, NaN/inf inputs, ``slope_rate`` as
@@ -13,97 +12,25 @@ Runs in Triton's interpreter on CPU without a GPU (see conftest), fp32/fp16 only
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
 import torch
+from triton_test_helpers import DEVICE, F16, F32, close, rand, same_bits, strided_states
 
 from mamba_backends import reference as spec
 from mamba_backends.library.checks import check_compiled, check_fake, op_cases, opcheck
-from mamba_backends.testing import cases as registry
 from mamba_backends.testing._tensors import Factory
-from mamba_backends.testing.case import run_case
 from mamba_backends.tuning import override
-from mamba_backends_triton import backends, interpreting
+from mamba_backends_triton import backends
 from mamba_backends_triton.ops import linear_decode_forward
 
-DEVICE = "cpu" if interpreting() else "cuda"
-F32, F16 = torch.float32, torch.float16
-TOL = {F32: 3e-5, F16: 5e-3}
 OP = "linear_decode_forward"
 
 
-class _DecodeOps(backends._TritonBackend):
-    """The Triton dtypes and devices under the ``linear_attention`` type, for running the kit's
-    decode cases only (not a backend: it is registered nowhere)."""
-
-    name = "triton.linear-decode-ops (test only)"
-    mamba_type = "linear_attention"
-
-
-@pytest.mark.parametrize("case", registry.fixed_cases("linear_attention", ops=(OP,)),
-                         ids=lambda c: c.id)  # fmt: skip
-def test_kit_fixed_case(case: Any) -> None:
-    result = run_case(_DecodeOps.ops(), case, DEVICE, _DecodeOps)
-    if result.status == "skipped":
-        pytest.skip(result.message)
-    assert result.ok, f"{case.id}: {result.status}: {result.message}"
-
-
-class _Seeded:
-    """A :class:`~mamba_backends.testing.case.Picker` over a seeded RNG."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-
-    def choice(self, options: Any) -> Any:
-        return self.rng.choice(list(options))
-
-    def integer(self, lo: int, hi: int) -> int:
-        return self.rng.randint(lo, hi)
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_kit_drawn_case(seed: int) -> None:
-    case = registry.draw_case(OP, _Seeded(1000 * seed + 3), "linear_attention")
-    result = run_case(_DecodeOps.ops(), case, DEVICE, _DecodeOps)
-    if result.status == "skipped":
-        pytest.skip(result.message)
-    assert result.ok, f"{case.id}: {result.status}: {result.message}"
-
-
-def _rand(*shape: int, dtype: torch.dtype = F32, seed: int = 0, scale: float = 1.0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).to(DEVICE)
-
-
-def _close(got, want, dtype, what):
-    tol = TOL[dtype]
-    got, want = got.double().cpu(), want.double().cpu()
-    assert torch.equal(got.isnan(), want.isnan()), f"{what}: NaN positions differ"
-    inf, fin = want.isinf(), want.isfinite()
-    assert torch.equal(got[inf], want[inf]), f"{what}: inf values differ"
-    err = (got[fin] - want[fin]).abs() / (tol + tol * want[fin].abs())
-    worst = float(err.max()) if err.numel() else 0.0
-    assert worst <= 1.0, f"{what}: max err ratio {worst}"
-
-
-def _same_bits(a, b) -> bool:
-    a, b = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
-    width = {2: torch.int16, 4: torch.int32}[a.element_size()]
-    return torch.equal(a.view(width), b.view(width))
-
-
 def _caches(layout: str, slots: int, H: int, D: int, dtype=F32, seed=9):
-    if layout == "transposed":
-        base = _rand(slots, H, D, D, dtype=dtype, seed=seed)
-        return base.transpose(-1, -2), base
-    if layout == "page":
-        base = _rand(slots, H * D * D + 11, dtype=dtype, seed=seed)
-        return base[:, 5 : 5 + H * D * D].view(slots, H, D, D), base
-    base = _rand(slots, H, D, D, dtype=dtype, seed=seed)
-    return base, base
+    """A cache pool ``(slots, H, D, D)`` and its base tensor (see ``strided_states``)."""
+    return strided_states(layout, slots, H, D, D, dtype, seed)
 
 
 def _run(q, k, v, kv, slopes, slots, cfg=None):
@@ -121,7 +48,7 @@ def test_odd_dims_strided_caches_pad_and_null_slots(layout, D, dtype):
     # D=24/40 (padded rows), columns in blocks of 2 (TILE 64 / BLOCK_D); a pad (-1) and the
     # null block (0) among the slots; every slot no request reads holds NaN and stays as is.
     B, H, slots = 5, 3, 8
-    q, k, v = (_rand(B, H, 1, D, dtype=dtype, seed=s) for s in (1, 2, 3))
+    q, k, v = (rand(B, H, 1, D, dtype=dtype, seed=s) for s in (1, 2, 3))
     kv, base = _caches(layout, slots, H, D, dtype)
     idx = [6, -1, 2, 0, 3]
     live = [s for s in idx if s > 0]
@@ -132,29 +59,29 @@ def test_odd_dims_strided_caches_pad_and_null_slots(layout, D, dtype):
     slopes = torch.rand(H, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     got, want, theirs = _run(q, k, v, kv, slopes, torch.tensor(idx, device=DEVICE))
     assert got.shape == (B, H * D) and got.dtype == dtype
-    _close(got, want, dtype, "out")
+    close(got, want, dtype, "out")
     assert not got[[1, 3]].any(), "skipped rows not zero"
-    _close(kv[live], theirs[live], dtype, "written caches")
+    close(kv[live], theirs[live], dtype, "written caches")
     rest = [s for s in range(slots) if s not in live]
-    assert _same_bits(base.view(slots, -1)[rest], before.view(slots, -1)[rest]), "slot changed"
+    assert same_bits(base.view(slots, -1)[rest], before.view(slots, -1)[rest]), "slot changed"
     if layout == "page":
-        assert _same_bits(base[:, :5], before[:, :5]) and _same_bits(base[:, -6:], before[:, -6:])
+        assert same_bits(base[:, :5], before[:, :5]) and same_bits(base[:, -6:], before[:, -6:])
 
 
 def test_strong_and_infinite_slopes_and_nonfinite_inputs():
     # slopes up to 150 (exp(-s) underflows), +inf (a full reset: 0 * kv, NaN where kv is inf),
     # -inf (exp(+inf) * kv); NaN in q, inf in k and v; slope_rate as [H, 1, 1]; D=12.
     B, H, D = 4, 4, 12
-    q, k, v = (_rand(B, H, 1, D, seed=s) for s in (5, 6, 7))
+    q, k, v = (rand(B, H, 1, D, seed=s) for s in (5, 6, 7))
     q[0, 1, 0, 3] = float("nan")
     k[1, 2, 0, 5] = float("inf")
     v[2, 0, 0, 7] = -float("inf")
-    kv = _rand(5, H, D, D, seed=8)
+    kv = rand(5, H, D, D, seed=8)
     kv[4, 3, 2, 2] = float("inf")
     slopes = torch.tensor([150.0, float("inf"), 0.01, -float("inf")], device=DEVICE)
     got, want, theirs = _run(q, k, v, kv, slopes.view(H, 1, 1), torch.tensor([1, 2, 3, 4]))
-    _close(got, want, F32, "out")
-    _close(kv[1:], theirs[1:], F32, "caches")
+    close(got, want, F32, "out")
+    close(kv[1:], theirs[1:], F32, "caches")
 
 
 def test_padded_rows_keep_an_infinite_output_infinite():
@@ -168,22 +95,22 @@ def test_padded_rows_keep_an_infinite_output_infinite():
     kv = torch.zeros(2, H, D, D, device=DEVICE)
     got, want, theirs = _run(q, k, v, kv, torch.full((H,), 0.3), torch.tensor([1]))
     assert want[0, 2] == float("inf")
-    _close(got, want, F32, "out")
-    _close(kv, theirs, F32, "caches")
+    close(got, want, F32, "out")
+    close(kv, theirs, F32, "caches")
 
 
 def test_one_program_per_head_and_empty_batch():
     # The default tuning (the whole D x D tile in one program) and B=0.
     B, H, D = 2, 2, 32
-    q, k, v = (_rand(B, H, 1, D, seed=s) for s in (9, 10, 11))
-    kv = _rand(3, H, D, D, seed=12)
+    q, k, v = (rand(B, H, 1, D, seed=s) for s in (9, 10, 11))
+    kv = rand(3, H, D, D, seed=12)
     slopes = torch.rand(H, generator=torch.Generator().manual_seed(13)).to(DEVICE)
     got, want, theirs = _run(
         q, k, v, kv, slopes, torch.tensor([2, 1]),
         {"TILE": 4096, "num_warps": 4, "num_stages": 1},
     )  # fmt: skip
-    _close(got, want, F32, "out")
-    _close(kv, theirs, F32, "caches")
+    close(got, want, F32, "out")
+    close(kv, theirs, F32, "caches")
     empty = linear_decode_forward(
         q[:0], k[:0], v[:0], kv, slopes, torch.tensor([], dtype=torch.int64)
     )
@@ -195,7 +122,7 @@ CUSTOM = [c for c in op_cases() if c.op == OP]
 
 @pytest.mark.parametrize("case", CUSTOM, ids=lambda c: c.id)
 def test_custom_op_opcheck_compile_and_fake(case: Any) -> None:
-    op = _DecodeOps.ops().linear_decode_forward
+    op = backends.TritonLinearAttentionBackend.ops().linear_decode_forward
     assert op.custom_op.name() == f"mamba_backends::triton_ops__{OP}"
     result = opcheck(op, case.build(Factory(0, DEVICE)))
     assert set(result.values()) == {"SUCCESS"}, result

@@ -12,6 +12,8 @@ CUDA_BACKENDS: dict[str, str] = {
     "mamba1": "mamba_backends_triton.backends.TritonMamba1Backend",
     "mamba2": "mamba_backends_triton.backends.TritonMamba2Backend",
     "short_conv": "mamba_backends_triton.backends.TritonShortConvBackend",
+    "gdn": "mamba_backends_triton.backends.TritonGdnBackend",
+    "linear_attention": "mamba_backends_triton.backends.TritonLinearAttentionBackend",
 }
 
 

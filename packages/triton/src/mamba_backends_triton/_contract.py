@@ -9,8 +9,10 @@ from __future__ import annotations
 from mamba_backends.contract import (
     check_causal_conv1d_fn_args,
     check_causal_conv1d_update_args,
+    check_chunk_gated_delta_rule_args,
     check_fused_gdn_gating_args,
     check_fused_recurrent_gated_delta_rule_args,
+    check_lightning_attention_args,
     check_linear_decode_forward_args,
     check_not_supported,
     check_selective_scan_args,
@@ -22,8 +24,10 @@ from mamba_backends.contract import (
 __all__ = [
     "check_causal_conv1d_fn_args",
     "check_causal_conv1d_update_args",
+    "check_chunk_gated_delta_rule_args",
     "check_fused_gdn_gating_args",
     "check_fused_recurrent_gated_delta_rule_args",
+    "check_lightning_attention_args",
     "check_linear_decode_forward_args",
     "check_not_supported",
     "check_selective_scan_args",

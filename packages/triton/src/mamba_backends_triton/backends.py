@@ -51,3 +51,22 @@ class TritonShortConvBackend(_TritonBackend):
 
     name = "triton.short_conv"
     mamba_type = "short_conv"
+
+
+class TritonGdnBackend(_TritonBackend):
+    """Gated delta net (Qwen3-Next ``GatedDeltaNet``): conv1d prefill/decode,
+    ``fused_gdn_gating``, ``chunk_gated_delta_rule`` and ``fused_recurrent_gated_delta_rule``.
+    Serves ``gdn`` only: the Triton ``linear_attention`` type has its own backend
+    (:class:`TritonLinearAttentionBackend`), so the CPU backend's seed route
+    (``also_serves``) is not needed here."""
+
+    name = "triton.gdn"
+    mamba_type = "gdn"
+
+
+class TritonLinearAttentionBackend(_TritonBackend):
+    """Lightning / linear attention (MiniMax-Text-01): ``lightning_attention`` and
+    ``linear_decode_forward``."""
+
+    name = "triton.linear_attention"
+    mamba_type = "linear_attention"

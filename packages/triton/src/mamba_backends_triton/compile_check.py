@@ -44,7 +44,9 @@ KERNEL_MODULES = (
     "mamba_backends_triton.ops.ssd.combined",
     "mamba_backends_triton.ops.gdn.gating",
     "mamba_backends_triton.ops.gdn.recurrent",
+    "mamba_backends_triton.ops.gdn.chunk",
     "mamba_backends_triton.ops.lightning.decode",
+    "mamba_backends_triton.ops.lightning.prefill",
 )
 
 
@@ -277,11 +279,37 @@ def _prepare_env() -> None:
                 )
 
 
+#: Target backend -> the ``mamba_backends.tuning`` entry point (vendor package) whose tables
+#: its targets prove: without it, only the ``default`` tables would be compiled for them.
+TABLE_SOURCES: Mapping[str, tuple[str, str]] = {
+    "cuda": ("cuda", "mamba-backends-cuda"),
+    "hip": ("rocm", "mamba-backends-rocm"),
+}
+
+
+def missing_table_sources(targets: Sequence[Target]) -> list[str]:
+    """The vendor packages whose tables ``targets`` need but that are not installed."""
+    from mamba_backends._resolve import entry_points
+    from mamba_backends.tuning import GROUP
+
+    have = {ep.name for ep in entry_points(GROUP)}
+    need = {TABLE_SOURCES[t.backend] for t in targets if t.backend in TABLE_SOURCES}
+    return sorted(f"{dist} (tuning entry point {ep!r})" for ep, dist in need if ep not in have)
+
+
 def run(
     targets: Sequence[Target] = TARGETS, workers: int = 1, kernels: Sequence[str] = ()
 ) -> list[Row]:
-    """Compile everything (or ``kernels``); one :class:`Row` per compile, in job order."""
+    """Compile everything (or ``kernels``); one :class:`Row` per compile, in job order.
+
+    Raises when a vendor package whose tables the targets need is not installed.
+    """
     _prepare_env()
+    missing = missing_table_sources(targets)
+    if missing:
+        raise RuntimeError(
+            f"install {', '.join(missing)}: its tables are what these targets must compile"
+        )
     todo = list(jobs(targets=targets, kernels=kernels))
     if not todo:
         raise RuntimeError(f"nothing to compile (kernels {list(kernels)})")

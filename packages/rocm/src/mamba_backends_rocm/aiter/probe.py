@@ -105,6 +105,7 @@ def probe_chunk_gdn(device: str) -> str | None:
         return f"aiter chunk_gated_delta_rule raised {type(e).__name__}: {e}"
     if got_h is None:
         return "aiter chunk_gated_delta_rule returned no final state"
+    assert want_h is not None  # output_final_state=True
     return _differs("chunk_gated_delta_rule output", got_o, want_o, _GDN_TOL) or _differs(
         "chunk_gated_delta_rule final state", got_h, want_h, _GDN_TOL
     )
