@@ -265,6 +265,17 @@ def bench(session: nox.Session) -> None:
     session.run("mamba-backends", "bench", *session.posargs)
 
 
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """The GPU check of issues 9 and 10 in one call (``benchmarks/gpu.py``: the kit on the
+    Triton backends in bf16/fp16/fp32 x fp32/bf16 states, the bench against vLLM's Triton ops
+    and fla-core, the targets). Runs in the current interpreter (the one holding CUDA torch):
+    ``nox -s gpu -- --out DIR [--carry _anchor_ops]``; ``-- --dry-run`` for the interpreter."""
+    import sys
+
+    session.run(sys.executable, "benchmarks/gpu.py", *session.posargs, external=True)
+
+
 @nox.session
 def build(session: nox.Session) -> None:
     """Wheel and sdist of every member and of the meta package into ``dist/``, each wheel built

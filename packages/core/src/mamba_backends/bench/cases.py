@@ -16,7 +16,9 @@ Baselines per row: ``"vllm"`` (the op vLLM-CPU's layer calls), ``"vllm-cpp"`` (v
 C++ conv that its GDN layer uses: bf16, W=4), ``"hf"`` (transformers' Qwen3-Next torch GDN),
 ``"torch"`` (our own backend on its PyTorch path, native kernels off), ``"spec"`` (the
 executable spec: small shapes only, it is a Python loop), ``"loop"`` (a per-token Python
-loop, Mamba1 prefill only). Every row also reports the best measured baseline (``ours/best``;
+loop, Mamba1 prefill only); on accelerators ``"vllm-triton"`` and ``"fla"`` (see
+:mod:`mamba_backends.bench.gpu_baselines`), and rows tagged ``"roofline"`` also time a copy of
+the bytes a prefill call moves. Every row also reports the best measured baseline (``ours/best``;
 the spec and the loop count only when nothing stronger ran).
 """
 
@@ -164,34 +166,54 @@ _CPU_QUICK: tuple[CaseSpec, ...] = (
 _M2_27B = {"H": 80, "P": 64, "N": 128, "G": 1}
 _GPU_PREFILL = (1024,) * 8
 _QWEN = {"H": 16, "HV": 32, "K": 128, "V": 128}
+_VT, _FLA = "vllm-triton", "fla"
 
-#: Accelerators (DESIGN section 7 anchors: T=8192 as 8x1024, decode batch 256). vLLM-CPU is
-#: not a GPU baseline; GPU baselines (vLLM Triton ops, fla-core) are to be added here.
-_GPU_FULL: tuple[CaseSpec, ...] = (
-    CaseSpec("causal_conv1d_fn", "mamba2", {"dim": 5120 + 256, "W": 4,
-             "seqlens": _GPU_PREFILL}, ("vllm",), model="mamba2-2.7b conv"),
-    CaseSpec("mamba_chunk_scan_combined_varlen", "mamba2", {**_M2_27B, "chunk": 256,
-             "seqlens": _GPU_PREFILL}, ("vllm",), model="mamba2-2.7b ssd"),
-    CaseSpec("selective_state_update", "mamba2", {**_M2_27B, "batch": 256}, ("vllm",),
-             model="mamba2-2.7b ssu"),
-    CaseSpec("causal_conv1d_update", "mamba2", {"dim": 5120 + 256, "W": 4, "batch": 256},
-             ("vllm",), model="mamba2-2.7b conv"),
-    CaseSpec("selective_scan_fn", "mamba1", {"dim": 5120, "N": 16, "seqlens": _GPU_PREFILL},
-             ("vllm",), model="mamba-2.8b scan"),
-    CaseSpec("chunk_gated_delta_rule", "gdn", {**_QWEN, "seqlens": _GPU_PREFILL}, ("vllm",),
-             model="qwen3-next gdn"),
-    CaseSpec("fused_recurrent_gated_delta_rule", "gdn", {**_QWEN, "batch": 256}, ("vllm",),
-             model="qwen3-next gdn"),
-    CaseSpec("lightning_attention", "linear_attention", {"B": 8, "H": 64, "D": 128, "T": 1024},
-             ("vllm",), model="minimax lightning"),
-    CaseSpec("linear_decode_forward", "linear_attention", {"H": 64, "D": 128, "batch": 256},
-             ("vllm",), model="minimax lightning"),
-)  # fmt: skip
+# fmt: off
 
-#: platform -> size -> rows.
+
+def _gpu_rows(m2: dict[str, int], conv: int, m1: int, gdn: dict[str, int], la: dict[str, int],
+              seqlens: tuple[int, ...], batch: int, chunk: int) -> tuple[CaseSpec, ...]:
+    """The accelerator rows (issues 9 and 10), at the given sizes: bf16 inputs, fp32 states.
+    ``roofline`` rows also time a torch copy of the bytes a prefill call must move."""
+    n_seq, t_seq = len(seqlens), seqlens[0]
+    return (
+        CaseSpec("causal_conv1d_fn", "mamba2", {"dim": conv, "W": 4, "seqlens": seqlens},
+                 (_VT, _FLA), model="mamba2-2.7b conv", tags=("roofline",)),
+        CaseSpec("causal_conv1d_update", "mamba2", {"dim": conv, "W": 4, "batch": batch},
+                 (_VT,), model="mamba2-2.7b conv"),
+        CaseSpec("selective_state_update", "mamba2", {**m2, "batch": batch}, (_VT,),
+                 model="mamba2-2.7b ssu"),
+        CaseSpec("selective_state_update", "mamba1", {"form": "mamba1", "dim": m1, "N": 16,
+                 "batch": batch}, (_VT,), model="mamba-2.8b ssu"),
+        CaseSpec("mamba_chunk_scan_combined_varlen", "mamba2", {**m2, "chunk": chunk,
+                 "seqlens": seqlens}, (_VT,), model="mamba2-2.7b ssd"),
+        CaseSpec("selective_scan_fn", "mamba1", {"dim": m1, "N": 16, "seqlens": seqlens},
+                 (_VT,), model="mamba-2.8b scan", tags=("roofline",)),
+        CaseSpec("chunk_gated_delta_rule", "gdn", {**gdn, "seqlens": seqlens}, (_FLA,),
+                 model="qwen3-next gdn"),
+        CaseSpec("fused_recurrent_gated_delta_rule", "gdn", {**gdn, "batch": batch}, (_FLA,),
+                 model="qwen3-next gdn"),
+        CaseSpec("lightning_attention", "linear_attention", {"B": n_seq, **la, "T": t_seq,
+                 "block": min(256, t_seq)}, (_FLA, _VT), model="minimax lightning"),
+        CaseSpec("linear_decode_forward", "linear_attention", {**la, "batch": batch}, (_VT,),
+                 model="minimax lightning"),
+    )
+
+
+#: Accelerators (DESIGN section 7; issues 9 and 10): T=8192 as 8x1024, decode batch 256,
+#: Mamba2-2.7B (conv dim 5120 + 2*128), Mamba1 dim 5120, Qwen3-Next GDN, lightning H=64 D=128.
+#: Baselines: vLLM's Triton ops and fla-core (:mod:`mamba_backends.bench.gpu_baselines`).
+_GPU_FULL = _gpu_rows(_M2_27B, 5120 + 256, 5120, _QWEN, {"H": 64, "D": 128}, _GPU_PREFILL,
+                      256, 256)
+#: The same rows at tiny sizes: the GPU script's dry run (Triton's interpreter, on CPU).
+_GPU_TINY = _gpu_rows({"H": 2, "P": 16, "N": 16, "G": 1}, 32, 32,
+                      {"H": 1, "HV": 2, "K": 16, "V": 16}, {"H": 2, "D": 64}, (16, 16), 4, 8)
+# fmt: on
+
+#: platform -> size -> rows (``"tiny"``: the GPU rows at dry-run sizes).
 CASES: dict[str, dict[str, tuple[CaseSpec, ...]]] = {
     "cpu": {"full": _CPU_FULL, "quick": _CPU_QUICK},
-    "gpu": {"full": _GPU_FULL, "quick": _CPU_QUICK},
+    "gpu": {"full": _GPU_FULL, "quick": _CPU_QUICK, "tiny": _GPU_TINY},
 }
 
 

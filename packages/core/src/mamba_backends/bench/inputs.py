@@ -148,6 +148,8 @@ def ssu(p: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Inputs:
     """``selective_state_update``, Mamba2 heads form as vLLM's mixer calls it: state
     ``(batch+1, H, P, N)`` (``state_dtype``), x ``(batch, H, P)``, dt/dt_bias/D/A expanded over
     P (and N) with stride 0, B/C ``(batch, G, N)``, preallocated out, dt_softplus."""
+    if p.get("form") == "mamba1":
+        return ssu_mamba1(p, dtype, device)
     g = _gen(3)
     H, P, N, G = p["H"], p["P"], p["N"], p["G"]
     sdt = p.get("state_dtype", FP32)
@@ -170,6 +172,42 @@ def ssu(p: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Inputs:
     }
     state = batch * H * P * N * esize
     io = _nbytes(args["x"], args["dt"], args["B"], args["C"], args["out"])
+    return Inputs(
+        args,
+        _out,
+        prefill=False,
+        tokens=batch,
+        bytes_moved=2 * state + io,
+        state_bytes=state,
+        batch=batch,
+    )
+
+
+def ssu_mamba1(p: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Inputs:
+    """``selective_state_update``, Mamba1 form (``form="mamba1"``): state ``(batch+1, dim, N)``
+    (``state_dtype``), x/dt/z ``(batch, dim)``, A ``(dim, N)`` (S4D real init), B/C
+    ``(batch, N)``, D/dt_bias ``(dim,)``, preallocated out, dt_softplus."""
+    g = _gen(10)
+    dim, N = p["dim"], p["N"]
+    sdt = p.get("state_dtype", FP32)
+    esize = torch.empty((), dtype=sdt).element_size()
+    batch = resolve_batch(p["batch"], dim * N * esize)
+    args = {
+        "state": _randn(g, batch + 1, dim, N, dtype=sdt, device=device) * 0.1,
+        "x": _randn(g, batch, dim, dtype=dtype, device=device),
+        "dt": _randn(g, batch, dim, dtype=dtype, device=device),
+        "A": -torch.arange(1, N + 1, dtype=FP32).repeat(dim, 1).to(device),
+        "B": _randn(g, batch, N, dtype=dtype, device=device),
+        "C": _randn(g, batch, N, dtype=dtype, device=device),
+        "D": torch.ones(dim, device=device),
+        "z": _randn(g, batch, dim, dtype=dtype, device=device),
+        "dt_bias": _dt_bias(g, dim).to(device),
+        "dt_softplus": True,
+        "state_batch_indices": _slots(g, batch, device),
+        "out": torch.empty(batch, dim, dtype=dtype, device=device),
+    }
+    state = batch * dim * N * esize
+    io = _nbytes(args["x"], args["dt"], args["B"], args["C"], args["z"], args["out"])
     return Inputs(
         args,
         _out,

@@ -11,6 +11,7 @@ import torch
 
 from mamba_backends.backend import MambaBackend
 from mamba_backends.bench import baselines as bl
+from mamba_backends.bench import gpu_baselines as gbl
 from mamba_backends.bench.cases import DTYPES, CaseSpec, shape_label
 from mamba_backends.bench.harness import (
     NOT_IMPLEMENTED,
@@ -65,7 +66,7 @@ class BenchConfig:
 
 
 #: The baseline kinds a table row may name.
-BASELINES = ("vllm", "vllm-cpp", "hf", "torch", "spec", "loop")
+BASELINES = ("vllm", "vllm-cpp", "hf", "torch", "spec", "loop", *gbl.GPU_BASELINES)
 #: Baselines too weak to count as "the best baseline" when a real one was measured.
 WEAK_BASELINES = ("spec", "per-token loop")
 
@@ -83,6 +84,8 @@ def baseline_impl(kind: str, op: str, mamba_type: str, ours: Impl | None = None)
         return bl.hf_impl(op)
     if kind == "spec":
         return bl.spec_impl(op, mamba_type)
+    if kind in gbl.GPU_BASELINES:
+        return gbl.gpu_baseline_impl(kind, op)
     if kind == "loop":
         if op != "selective_scan_fn":
             raise ValueError(f"the per-token loop baseline is for selective_scan_fn, not {op}")
@@ -129,14 +132,18 @@ def rows_for_case(
     inputs: Inputs,
     cfg: BenchConfig,
     device: torch.device | None = None,
+    roofline_bytes: int = 0,
 ) -> list[dict[str, Any]]:
     """Time ours and every baseline side by side on the same inputs; one row per baseline.
 
-    Decode rows also time a torch copy of the same number of bytes in the same rounds.
+    Decode rows also time a torch copy of the same number of bytes in the same rounds; so do
+    prefill rows given ``roofline_bytes`` (their GB/s then count those bytes).
     """
     bases = list(case.baselines) or [Impl("none", None, unavailable="no baseline")]
     impls = [case.ours, *bases]
-    with_copy = not inputs.prefill and inputs.bytes_moved > 0
+    if inputs.prefill and roofline_bytes > 0:
+        inputs.bytes_moved = roofline_bytes
+    with_copy = inputs.bytes_moved > 0
     if with_copy:
         impls.append(bl.copy_impl(inputs.bytes_moved, device or torch.device("cpu")))
     ours, *measured = measure_side_by_side(impls, inputs, repeats=cfg.repeats, warmup=cfg.warmup)
@@ -175,7 +182,7 @@ def _row(
             tokens = inputs.tokens / (ms * 1e-3)
             if inputs.flops is not None:
                 tflops = inputs.flops / (ms * 1e-3) / 1e12
-        elif inputs.bytes_moved:
+        if inputs.bytes_moved:
             gbps = inputs.bytes_moved / (ms * 1e-3) / 1e9
     notes = [n for n in (case.note, ours.detail, base.detail) if n]
     return {
@@ -256,6 +263,7 @@ def run_bench(
             logger.warning("%s: inputs could not be built", spec.op, exc_info=True)
             rows.append(_error_row(spec, dtype, e))
             continue
-        rows.extend(rows_for_case(case, inputs, cfg, device))
+        roof = gbl.roofline_bytes(spec.op, inputs) if "roofline" in spec.tags else 0
+        rows.extend(rows_for_case(case, inputs, cfg, device, roof))
         del case, inputs
     return rows
