@@ -117,6 +117,40 @@ def test_cpu(session: nox.Session) -> None:
     session.run("pytest", "packages/cpu/tests", *session.posargs)
 
 
+def _x86_levels_below_native() -> list[str]:
+    """``MAMBA_BACKENDS_CPU_MARCH`` levels this x86 CPU can execute other than its native one:
+    AVX2 (``x86-64-v3``) on an AVX-512 CPU, and the portable build (``x86-64``) on any."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split()
+    except (OSError, IndexError):
+        return []
+    if "sse2" not in flags:
+        return []  # not x86
+    levels = ["x86-64-v3"] if "avx512f" in flags and {"avx2", "fma"} <= set(flags) else []
+    return [*levels, "x86-64"]
+
+
+@nox.session(name="test-cpu-isa")
+def test_cpu_isa(session: nox.Session) -> None:
+    """The CPU kernels built for each x86 ISA level below this CPU's own (test-cpu covers the
+    native build): the conformance kit and the native-kernel tests on each. The AVX2 level also
+    runs torch's PyTorch paths as an AVX2 CPU does (``ATEN_CPU_CAPABILITY=avx2``, oneDNN and
+    MKL capped at AVX2). CI runs it after the quick start."""
+    _install(session, "core", "cpu")
+    levels = _x86_levels_below_native()
+    if not levels:
+        session.skip("not an x86 CPU: only the native build runs here (test-cpu)")
+    tests = [f"packages/cpu/tests/{t}" for t in ("test_conformance.py", "test_native.py")]
+    tests += ["packages/cpu/tests/test_selective_scan.py", "packages/cpu/tests/test_isa.py"]
+    for level in levels:
+        env = {"MAMBA_BACKENDS_CPU_MARCH": level}
+        if level == "x86-64-v3":
+            env["ATEN_CPU_CAPABILITY"] = "avx2"
+            env["ONEDNN_MAX_CPU_ISA"] = env["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
+        session.log(f"ISA level {level}: {env}")
+        session.run("pytest", "-q", *tests, *session.posargs, env=env)
+
+
 @nox.session(name="test-platforms", tags=["tests"])
 def test_platforms(session: nox.Session) -> None:
     """Vendor probes and platform facts, runnable anywhere (hardware faked by monkeypatch).
