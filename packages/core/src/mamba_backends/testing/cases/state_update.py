@@ -55,11 +55,15 @@ class SsuParams:
     layout: str = "contig"
     n_pad: int = 0
     dst: str = "same"  # same | other (read one slot, write another)
+    drafts: int = 0  # speculative: tokens per request (rows = requests), 2-D slot indices
+    accepted: tuple[int, ...] = ()  # speculative: num_accepted_tokens, cycled over requests
 
     def show(self) -> dict[str, Any]:
         d: dict[str, Any] = {"form": self.form, "rows": self.rows, "H": self.H, "P": self.P}
         d.update(N=self.N, G=self.G, z=self.z, softplus=self.softplus, state=self.layout)
         d.update(pad=self.n_pad, dst=self.dst)
+        if self.drafts:
+            d.update(drafts=self.drafts, num_accepted_tokens=self.accepted)
         return d
 
 
@@ -191,6 +195,45 @@ def _oneshot(
     c.untouched("state", before, a.state, written)
 
 
+def _speculative(p: SsuParams, dt: torch.dtype, sdt: torch.dtype, seed: int, ctx: CaseContext):
+    """Speculative decoding as vLLM runs it: ``p.drafts`` tokens per request (``cu_seqlens``),
+    one 2-D slot table for sources and destinations, the source column picked by
+    ``num_accepted_tokens`` (and overwritten by that token's own state: reads before writes),
+    the state after each token written to its own slot. Pad requests (all-pad rows) are
+    skipped; spare slots stay untouched."""
+    R, S = p.rows, p.drafts
+    plan = plan_slots(R - p.n_pad, p.n_pad, seed, all_init=True)
+    table, rank = [], 0
+    for slot in plan.slots:
+        if slot > NULL_BLOCK_ID:
+            table.append([1 + S * rank + t for t in range(S)])
+            rank += 1
+        else:
+            table.append([slot] * S)
+    written = [x for row in table for x in row if x > NULL_BLOCK_ID]
+    pool_plan = SlotPlan(tuple(range(R * S)), (True,) * (R * S), max(written) + 3)
+    accepted = [p.accepted[r % len(p.accepted)] for r in range(R)]
+    fa, fe = ctx.factories()
+    ins = []
+    for f in (fa, fe):
+        a = build_ssu(f, replace(p, rows=R * S), pool_plan, [0] * (R * S), dt, sdt)
+        a.src = a.dst = torch.tensor(table, dtype=torch.int32, device=f.device)
+        ins.append((a, f.ints(accepted), f.ints([S * r for r in range(R + 1)])))
+    before = ins[0][0].state.base.clone()
+    for ops, (a, acc, cu) in ((ctx.ops, ins[0]), (ctx.ref, ins[1])):
+        ops.selective_state_update(
+            a.state.view, a.x, a.dt, a.A, a.B, a.C, D=a.D, dt_bias=a.dt_bias, z=a.z,
+            dt_softplus=p.softplus, state_batch_indices=a.src, dst_state_batch_indices=a.dst,
+            out=a.out, num_accepted_tokens=acc, cu_seqlens=cu,
+        )  # fmt: skip
+    (a, _, _), (e, _, _) = ins
+    keep = torch.tensor([live for live in plan.active for _ in range(S)])
+    c = ctx.check
+    c.close("out (tokens of non-pad requests)", a.out.cpu()[keep], e.out[keep])
+    compare_slots(c, "state (every token's slot)", a.state, e.state, written)
+    c.untouched("state", before, a.state, written)
+
+
 # A mismatch between two arguments may be reported on either side: every side is named.
 _BAD = {
     "B_dstate": ("B", "state", "C", "A"),
@@ -226,10 +269,11 @@ def _bad(what: str, seed: int, ctx: CaseContext) -> None:
 def make_case(
     kind: str, p: SsuParams, dt: torch.dtype = f32, sdt: torch.dtype = f32, seed: int = 0, **kw: Any
 ) -> Case:
+    body = partial(_speculative, p, dt, sdt, seed) if p.drafts else None
     return Case(
         op=SSU,
         kind=kind,
-        body=partial(_oneshot, p, dt, sdt, seed, kind),
+        body=body or partial(_oneshot, p, dt, sdt, seed, kind),
         params=p.show(),
         dtype=dt,
         state_dtype=sdt,
@@ -259,6 +303,11 @@ def fixed_cases() -> list[Case]:
     cases.append(make_case("oneshot", p1, f16, f32, seed=33))
     cases.append(make_case("oneshot", SsuParams(rows=4, dst="other", n_pad=1), seed=34))
     cases.append(make_case("oneshot", SsuParams(rows=1), seed=35))
+    # Speculative decoding (num_accepted_tokens, 2-D slot table, cu_seqlens).
+    spec = SsuParams(rows=4, n_pad=1, drafts=3, accepted=(1, 3, 2))
+    cases.append(make_case("speculative", spec, seed=36, quick=True))
+    spec = replace(spec, rows=3, n_pad=0, drafts=2, accepted=(2, 1), layout="page", G=1)
+    cases.append(make_case("speculative", spec, bf16, f32, seed=37))
     cases.append(make_case("batch", SsuParams(rows=4, n_pad=1), seed=40, quick=True))
     cases.append(
         make_case("batch", SsuParams(rows=3, form="mamba1", H=1, P=8, G=1), bf16, bf16, 41)
