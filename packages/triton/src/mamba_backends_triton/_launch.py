@@ -11,7 +11,9 @@ Device names:
   for H100/H200, ``cuda:sm100`` for B200);
 - AMD (ROCm torch, ``torch.version.hip``): ``hip:<gcnArch>`` (``hip:gfx942`` for MI300);
 - Intel: ``xpu:<arch>`` when torch reports an architecture name, else ``xpu:default``;
-- the Triton interpreter (``TRITON_INTERPRET=1``) and CPU tensors: ``default``.
+- the Triton interpreter (``TRITON_INTERPRET=1``) and CPU tensors: ``default``, or the name in
+  ``MAMBA_BACKENDS_TRITON_TUNING_DEVICE`` (e.g. ``hip:gfx942``), so that a vendor's tables can be
+  launched and checked against the spec in the interpreter.
 
 A lookup then falls back from the exact name to ``<vendor>:default`` to ``default``.
 """
@@ -19,6 +21,7 @@ A lookup then falls back from the exact name to ``<vendor>:default`` to ``defaul
 from __future__ import annotations
 
 import functools
+import os
 import re
 from typing import Any
 
@@ -45,10 +48,14 @@ def _accelerator_name(device_type: str, index: int) -> str:
     return "default"
 
 
+#: Under the interpreter (or for CPU tensors), the tuning device name to look tables up by.
+TUNING_DEVICE_ENV = "MAMBA_BACKENDS_TRITON_TUNING_DEVICE"
+
+
 def device_name(device: torch.device) -> str:
     """The tuning device name of ``device`` (see the module docstring)."""
     if interpreting() or device.type == "cpu":
-        return "default"
+        return os.environ.get(TUNING_DEVICE_ENV) or "default"
     index = device.index if device.index is not None else _current_index(device.type)
     return _accelerator_name(device.type, index)
 
