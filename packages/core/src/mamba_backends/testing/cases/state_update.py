@@ -305,7 +305,7 @@ def fixed_cases() -> list[Case]:
     cases.append(make_case("oneshot", SsuParams(rows=1), seed=35))
     # Speculative decoding (num_accepted_tokens, 2-D slot table, cu_seqlens).
     spec = SsuParams(rows=4, n_pad=1, drafts=3, accepted=(1, 3, 2))
-    cases.append(make_case("speculative", spec, seed=36, quick=True))
+    cases.append(make_case("speculative", spec, seed=36))
     spec = replace(spec, rows=3, n_pad=0, drafts=2, accepted=(2, 1), layout="page", G=1)
     cases.append(make_case("speculative", spec, bf16, f32, seed=37))
     cases.append(make_case("batch", SsuParams(rows=4, n_pad=1), seed=40, quick=True))
