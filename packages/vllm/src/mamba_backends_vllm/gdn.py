@@ -169,6 +169,18 @@ def register_core_op() -> None:
         _registered = True
 
 
+def _eager(fn: Any) -> Any:
+    """The function under a ``torch.compile`` decorator (``fn`` itself when undecorated).
+
+    vLLM compiles ``prepare_gdn_attention_core_inputs`` (views and a cat) with inductor. On an
+    AVX-512 CPU, torch 2.13's generated code for it corrupts the heap in fp32 ("double free or
+    corruption", found by test_qwen3_next_e2e.py's fp32 engine; the same code with
+    ``ATEN_CPU_CAPABILITY=avx2`` runs clean). The routed layer runs it eagerly: it only moves
+    data, so the values are the same and the cost is a few small ops per layer.
+    """
+    return getattr(fn, "_torchdynamo_orig_callable", fn)
+
+
 class RoutedQwenGatedDeltaNetAttention(QwenGatedDeltaNetAttention):
     """``QwenGatedDeltaNetAttention`` whose CPU forward runs the mamba-backends GDN ops.
 
@@ -188,7 +200,9 @@ class RoutedQwenGatedDeltaNetAttention(QwenGatedDeltaNetAttention):
         mixed_qkvz, _ = self.in_proj_qkvz(hidden_states)
         ba, _ = self.in_proj_ba(hidden_states)
         T = hidden_states.size(0)
-        mixed_qkv, z, b, a = self.prepare_gdn_attention_core_inputs(mixed_qkvz, ba, T)
+        mixed_qkv, z, b, a = _eager(type(self).prepare_gdn_attention_core_inputs)(
+            self, mixed_qkvz, ba, T
+        )
         core_attn_out = torch.zeros(
             (T, self.num_v_heads // self.tp_size, self.head_v_dim),
             dtype=hidden_states.dtype,
