@@ -151,6 +151,19 @@ def test_cpu_isa(session: nox.Session) -> None:
         session.run("pytest", "-q", *tests, *session.posargs, env=env)
 
 
+@nox.session(name="cross-aarch64")
+def cross_aarch64(session: nox.Session) -> None:
+    """The CPU kernels cross-compiled for aarch64 with Debian's ``gcc-aarch64-linux-gnu``
+    (NEON ``armv8-a``, ``armv8.2-a+bf16``, SVE ``armv8.2-a+sve+bf16``) at the flags of the
+    run-time build plus ``-Wextra -Werror``; each shared object checked for its ELF machine,
+    ISA level and every kernel symbol. Compile-verified only: nothing runs on aarch64. Posargs
+    go to ``python -m mamba_backends_cpu.native.cross``. CI runs it after the per-ISA kit."""
+    if shutil.which("aarch64-linux-gnu-gcc") is None and not session.posargs:
+        session.error("no aarch64-linux-gnu-gcc: apt-get install gcc-aarch64-linux-gnu")
+    _install(session, "core", "cpu")
+    session.run("python", "-m", "mamba_backends_cpu.native.cross", *session.posargs)
+
+
 @nox.session(name="test-platforms", tags=["tests"])
 def test_platforms(session: nox.Session) -> None:
     """Vendor probes and platform facts, runnable anywhere (hardware faked by monkeypatch).

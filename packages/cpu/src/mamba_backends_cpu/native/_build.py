@@ -163,11 +163,15 @@ def cflags(arch: str | None = None) -> list[str]:
     return [*_CFLAGS, f"-march={arch or march()}", f"-I{CSRC}"]
 
 
-def ldflags() -> list[str]:
-    """Link flags: shared, libm, and torch's OpenMP runtime when it ships one."""
-    omp = torch_openmp()
+def ldflags(torch_omp: bool = True, openmp: bool = True) -> list[str]:
+    """Link flags: shared, libm, and torch's OpenMP runtime when it ships one.
+
+    ``torch_omp=False`` links the compiler's own runtime (``-fopenmp``) instead, as a cross
+    build for another CPU must; ``openmp=False`` links none (the ``GOMP_*`` symbols then stay
+    undefined in the library, to be resolved by the process that loads it)."""
+    omp = torch_openmp() if torch_omp and openmp else None
     if omp is None:
-        return ["-shared", "-fopenmp", "-lm"]
+        return ["-shared", "-fopenmp", "-lm"] if openmp else ["-shared", "-lm"]
     # no -fopenmp here: it would add the system libgomp next to torch's
     return ["-shared", str(omp), f"-Wl,-rpath,{omp.parent}", "-lm"]
 
@@ -198,8 +202,12 @@ def build(
     cc: list[str],
     arch: str | None = None,
     extra_cflags: tuple[str, ...] = (),
+    link: list[str] | None = None,
 ) -> None:
     """Compile ``lib``'s translation units in parallel and link them into ``out`` (atomic).
+
+    ``extra_cflags`` go after :func:`cflags` (a source's own ``source_flags`` after them);
+    ``link`` replaces :func:`ldflags` (a cross build links no torch runtime).
 
     Raises:
         NativeBuildError: with the compiler's message when a step fails.
@@ -220,7 +228,8 @@ def build(
             if res.stderr.strip():
                 logger.debug("mamba_backends_cpu: %s: %s", cmd[-3], res.stderr.strip())
         tmp_so = Path(tmp) / out.name
-        res = _run([*cc, *(str(o) for o in objs), *ldflags(), "-o", str(tmp_so)])
+        lflags = ldflags() if link is None else link
+        res = _run([*cc, *(str(o) for o in objs), *lflags, "-o", str(tmp_so)])
         if res.returncode != 0:
             raise NativeBuildError(f"link of {lib.name}\n{res.stderr[-3000:]}")
         os.replace(tmp_so, out)  # atomic: concurrent builders race safely
