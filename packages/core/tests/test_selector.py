@@ -192,6 +192,7 @@ def test_ops_accessor_uses_vllm_names():
         "causal_conv1d_update",
         "selective_state_update",
         "mamba_chunk_scan_combined_varlen",
+        "store_prefill_checkpoint",
     }
     assert callable(ops.selective_state_update)
     with pytest.raises(AttributeError, match="has no op 'chunk_gated_delta_rule'"):

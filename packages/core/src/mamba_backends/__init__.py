@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mamba_backends._resolve import BackendImportError
-from mamba_backends.backend import OP_NAMES, MambaBackend, MambaOps
+from mamba_backends.backend import OP_NAMES, OPTIONAL_OPS, MambaBackend, MambaOps
 from mamba_backends.metadata import MambaMetadata, MambaMetadataBuilder
 from mamba_backends.platform import (
     Platform,
@@ -37,6 +37,7 @@ __all__ = [
     "MAMBA_TYPES",
     "NULL_BLOCK_ID",
     "OP_NAMES",
+    "OPTIONAL_OPS",
     "PAD_SLOT_ID",
     "BackendImportError",
     "BackendTypeError",

@@ -89,11 +89,14 @@ class RouteDecision:
     attention_backend: str = ""
     patched: bool = False
     kernels: dict[str, str] = field(default_factory=dict)
+    #: Layer-module globals rebound to an adapter of one of our ops (``seams.KernelAdapter``):
+    #: symbol -> ``(op, "module:factory")``; only those this vLLM version and backend serve.
+    adapted: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
     #: The backend class itself (not reported; ``backend_class`` is its path).
     backend_cls: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "backend_cls"}
+        return {k: v for k, v in asdict(self).items() if k not in ("backend_cls", "adapted")}
 
 
 @dataclass
@@ -157,7 +160,9 @@ def selected_backends(value: str | None = None) -> dict[str, str]:
     return out
 
 
-def _decide(route: KernelRoute, device_type: str, selected: str | None) -> RouteDecision:
+def _decide(
+    route: KernelRoute, device_type: str, selected: str | None, version: str = ""
+) -> RouteDecision:
     from mamba_backends import select_mamba_backend
 
     d = RouteDecision(route.mamba_type, route.enum_member, route.layer_class, "native")
@@ -194,6 +199,16 @@ def _decide(route: KernelRoute, device_type: str, selected: str | None) -> Route
     d.kernels = {sym: f"{d.backend}.{op}" for sym, op in route.kernels}
     # Ops the OOT layer calls itself (no module global): reported under the layer's name.
     d.kernels.update({f"{route.layer_class}:{op}": f"{d.backend}.{op}" for op in route.layer_ops})
+    for a in route.adapters:
+        if not version_in(a.versions, version):
+            continue
+        try:
+            getattr(ops, a.op)
+        except Exception as e:  # noqa: BLE001 - optional: vLLM's kernel stays
+            d.kernels[a.symbol] = f"vLLM native ({d.backend} has no {a.op}: {type(e).__name__})"
+            continue
+        d.adapted[a.symbol] = (a.op, a.adapter)
+        d.kernels[a.symbol] = f"{d.backend}.{a.op} (adapter)"
     return d
 
 
@@ -244,7 +259,9 @@ def plan() -> tuple[str, dict[str, RouteDecision]]:
         selected = selected_backends()
     except ValueError as e:
         return all_native(str(e))
-    return "", {r.mamba_type: _decide(r, device_type, selected.get(r.mamba_type)) for r in routes}
+    return "", {
+        r.mamba_type: _decide(r, device_type, selected.get(r.mamba_type), version) for r in routes
+    }
 
 
 # --- applying -------------------------------------------------------------------------------
@@ -269,11 +286,13 @@ def patch_layer_module(module: ModuleType, mamba_type: str) -> None:
         if d is None or d.status != "routed" or d.patched:
             return
         route = _route(mamba_type)
-        for sym, _ in route.kernels:
+        for sym in (*(s for s, _ in route.kernels), *d.adapted):
             if not hasattr(module, sym):
                 raise SeamError(f"seam moved: {module.__name__}:{sym} ({route.layer_class})")
         ops = d.backend_cls.ops()
         new = {sym: getattr(ops, op) for sym, op in route.kernels}
+        for sym, (op, factory) in d.adapted.items():
+            new[sym] = _resolve(factory)(getattr(ops, op))
         oot = _resolve(route.oot_layer) if route.oot_layer else None
         for sym, fn in new.items():
             _state.originals.setdefault((module.__name__, sym), getattr(module, sym))

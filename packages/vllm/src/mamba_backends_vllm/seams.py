@@ -155,6 +155,27 @@ class SourceCheck:
 
 
 @dataclass(frozen=True)
+class KernelAdapter:
+    """A layer-module kernel whose vLLM signature is not our op's: rebound to an adapter.
+
+    Attributes:
+        symbol: the name in the layer module (rebound).
+        op: our backend's op that serves it. Optional per backend: where the backend does not
+            implement it, vLLM's kernel stays (it is one that runs where vLLM's does, e.g. a
+            Triton kernel on a GPU).
+        adapter: ``module:factory``; ``factory(op)`` returns a function with vLLM's signature.
+        params: the parameters of vLLM's function that the adapter takes (checked).
+        versions: the vLLM versions it applies to.
+    """
+
+    symbol: str
+    op: str
+    adapter: str
+    params: tuple[str, ...] = ()
+    versions: str = SUPPORTED_VLLM_RANGE
+
+
+@dataclass(frozen=True)
 class KernelRoute:
     """How one vLLM mamba layer's kernels are routed to a mamba-backends backend.
 
@@ -172,6 +193,7 @@ class KernelRoute:
             ``_plugin.ops_for(mamba_type)``) instead of through rebound module globals.
         tag_metadata: our builder sets ``metadata_cls`` to a subclass of vLLM's metadata (False
             where vLLM's builder has no ``metadata_cls`` hook: the metadata stays vLLM's).
+        adapters: kernels served through an adapter (:class:`KernelAdapter`).
         active: False for a route written down but not switched on yet (reason in ``note``).
         note: why the route is inactive, or anything a maintainer must know.
     """
@@ -185,6 +207,7 @@ class KernelRoute:
     oot_layer: str | None = None
     layer_ops: tuple[str, ...] = ()
     tag_metadata: bool = True
+    adapters: tuple[KernelAdapter, ...] = ()
     active: bool = True
     note: str = ""
     versions: str = SUPPORTED_VLLM_RANGE
@@ -228,6 +251,26 @@ ROUTES: tuple[KernelRoute, ...] = (
             "Mamba2AttentionBackend",
             "Mamba2AttentionMetadata",
             "Mamba2AttentionMetadataBuilder",
+        ),
+        # Prefix caching (align mode): the mid-prefill checkpoint store is a Triton-only kernel
+        # (Triton is off on CPU). 0.33 is not claimed: not checked against its sources.
+        adapters=(
+            KernelAdapter(
+                "store_prefill_checkpoint",
+                "store_prefill_checkpoint",
+                "mamba_backends_vllm.adapters:store_prefill_checkpoint",
+                params=(
+                    "checkpoint",
+                    "chunk_idx",
+                    "x",
+                    "conv_state",
+                    "chunk_states",
+                    "ssm_state",
+                    "query_start_loc",
+                    "state_len",
+                ),
+                versions=">=0.32.0,<0.33",
+            ),
         ),
     ),
     KernelRoute(
@@ -474,6 +517,16 @@ def all_seams(version: str | None = None) -> tuple[Seam, ...]:
                     r.versions,
                 )
             )
+        for a in r.adapters:
+            seams.append(
+                Seam(
+                    r.layer_module,
+                    a.symbol,
+                    f"rebound to an adapter of Backend.ops().{a.op} ({r.mamba_type}){tag}",
+                    a.versions,
+                    params=a.params,
+                )
+            )
         module, backend, meta, builder = r.vllm_backend
         for cls in (backend, meta, builder):
             seams.append(Seam(module, cls, f"subclassed for {r.mamba_type}{tag}", r.versions))
@@ -512,6 +565,18 @@ def source_checks(version: str | None = None) -> tuple[SourceCheck, ...]:
             "MambaMixer.forward_impl",
             "self.out_proj(",
             "forward_impl still calls the out_proj that RoutedMambaMixer hooks",
+        ),
+        # The adapter reads these two fields of MambaPrefillCheckpointMetadata, as vLLM's own
+        # kernel does (dataclass fields: no class attribute to resolve).
+        *(
+            SourceCheck(
+                f"{_L}.ops.ssd_checkpoint",
+                "store_prefill_checkpoint",
+                f"checkpoint.{field}",
+                f"the store_prefill_checkpoint adapter passes checkpoint.{field} to our op",
+                ">=0.32.0,<0.33",
+            )
+            for field in ("checkpoint_offsets", "state_indices")
         ),
         SourceCheck(
             gdn,

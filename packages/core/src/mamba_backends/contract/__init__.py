@@ -27,6 +27,7 @@ never written; offsets may end before the token count (a padded tail, as vLLM's 
 batches are); tokens past the tail are padding (see each op's spec for what it does there).
 """
 
+from mamba_backends.contract.checkpoint import check_store_prefill_checkpoint_args
 from mamba_backends.contract.conv1d import (
     check_causal_conv1d_fn_args,
     check_causal_conv1d_update_args,
@@ -83,6 +84,7 @@ __all__ = [
     "check_selective_state_update_args",
     "check_slot_indices",
     "check_ssd_varlen_args",
+    "check_store_prefill_checkpoint_args",
     "check_tensor",
     "check_writable",
     "fail",

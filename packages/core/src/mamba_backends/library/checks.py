@@ -132,6 +132,7 @@ _CASES: tuple[OpCase, ...] = (
         _edit(_SSD, _set(return_intermediate_states=True, dt_limit=(0.0, 4.0))),
     ),
     OpCase("mamba_chunk_scan_combined_varlen", "final_states_out", _kit(kit._ssd_scatter)),
+    OpCase("store_prefill_checkpoint", "in_place", _kit(kit._checkpoint)),
     OpCase("fused_gdn_gating", "gates", _gating),
     OpCase("chunk_gated_delta_rule", "final_state", _GDN_CHUNK),
     OpCase(
@@ -164,11 +165,16 @@ def op_cases(ops: Iterable[str] | None = None) -> list[OpCase]:
 
 def ops_of(*backends: Any) -> dict[str, Callable[..., Any]]:
     """Every op of ``backends`` (``MambaBackend`` classes) as ``ops()`` hands it out, by name;
-    an op served by several backends is taken from the first."""
+    an op served by several backends is taken from the first. Optional ops a backend does not
+    implement are left out."""
+    from mamba_backends.backend import OPTIONAL_OPS
+
     found: dict[str, Callable[..., Any]] = {}
     for backend in backends:
         ops = backend.ops()
         for name in ops.names:
+            if name in OPTIONAL_OPS and not ops.implements(name):
+                continue  # left to vLLM's kernel by this backend
             if name not in found:
                 found[name] = getattr(ops, name)
     return found

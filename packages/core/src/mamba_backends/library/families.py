@@ -119,6 +119,11 @@ _SSD = OpFamily(
     returns=1,
 )
 
+# store_prefill_checkpoint: copies a mid-prefill state into its block; returns None.
+_CHECKPOINT = OpFamily(
+    mutates=("conv_state", "ssm_state"), result=lambda a: None, fake=lambda a: []
+)
+
 # --------------------------------------------------------------------------------------------
 # GDN
 # --------------------------------------------------------------------------------------------
@@ -215,6 +220,7 @@ OP_FAMILIES: dict[str, OpFamily] = {
     "selective_scan_fn": _SCAN,
     "selective_state_update": _SSU,
     "mamba_chunk_scan_combined_varlen": _SSD,
+    "store_prefill_checkpoint": _CHECKPOINT,
     "fused_gdn_gating": _GATING,
     "chunk_gated_delta_rule": _CHUNK_GDN,
     "fused_recurrent_gated_delta_rule": _RECURRENT_GDN,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mamba_backends.reference.checkpoint import store_prefill_checkpoint
 from mamba_backends.reference.conv1d import causal_conv1d_fn, causal_conv1d_update
 from mamba_backends.reference.gdn import (
     chunk_gated_delta_rule,
@@ -26,4 +27,5 @@ __all__ = [
     "selective_scan_fn",
     "selective_state_update",
     "short_conv_mixer",
+    "store_prefill_checkpoint",
 ]

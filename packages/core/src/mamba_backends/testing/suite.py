@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import pytest
 import torch
 
-from mamba_backends.backend import MambaBackend
+from mamba_backends.backend import OPTIONAL_OPS, MambaBackend
 from mamba_backends.testing import cases as registry
 from mamba_backends.testing.case import Case, run_case
 from mamba_backends.testing.runner import BackendTarget, backend_device, resolve_backends
@@ -116,6 +116,8 @@ def conformance_tests(
             from hypothesis import strategies as st
 
             dev = _device(backend)
+            if op in OPTIONAL_OPS and not backend.ops().implements(op):
+                pytest.skip(f"optional op {op} not implemented by {backend.get_name()}")
 
             @hypothesis.settings(
                 max_examples=n_examples,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mamba_backends_cpu.ops.checkpoint import store_prefill_checkpoint
 from mamba_backends_cpu.ops.conv1d import causal_conv1d_fn, causal_conv1d_update
 from mamba_backends_cpu.ops.gdn import (
     chunk_gated_delta_rule,
@@ -24,4 +25,5 @@ __all__ = [
     "mamba_chunk_scan_combined_varlen",
     "selective_scan_fn",
     "selective_state_update",
+    "store_prefill_checkpoint",
 ]

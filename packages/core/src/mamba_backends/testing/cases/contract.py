@@ -154,6 +154,22 @@ def _ssd_scatter(f: Factory) -> Built:
     return kw, ("out", "final_states_out")
 
 
+def _checkpoint(f: Factory) -> Built:
+    dim, W, T = 5, 4, 20  # rows of 6, 9 and 2 tokens, then 3 pad tokens
+    kw = {
+        "x": f.randn(T, dim, dtype=f32).t(),
+        "chunk_states": f.randn(6, 2, 3, 4, dtype=f32),
+        "conv_state": f.randn(6, W - 1, dim, dtype=f32).transpose(1, 2),
+        "ssm_state": f.randn(6, 2, 3, 4, dtype=f32),
+        "query_start_loc": _ints(f, 0, 6, 15, 17),
+        "checkpoint_offsets": _ints(f, 4, 9, 0),
+        "checkpoint_chunk_idx": _ints(f, 1, 3, 0),
+        "state_indices": f.ints([5, 2, 0], torch.int64),
+        "state_len": W - 1,
+    }
+    return kw, ("conv_state", "ssm_state")
+
+
 def _gdn_tokens(f: Factory, T: int, H: int = 2, HV: int = 4, K: int = 4) -> dict[str, Any]:
     return {
         "q": f.randn(1, T, H, K, dtype=f32), "k": f.randn(1, T, H, K, dtype=f32),
@@ -242,6 +258,7 @@ _TAIL: dict[str, Builder] = {
     "selective_scan_fn": _scan,
     "selective_state_update": _ssu,
     "mamba_chunk_scan_combined_varlen": _ssd_tail,
+    "store_prefill_checkpoint": _checkpoint,
     "chunk_gated_delta_rule": _gdn_chunk,
     "fused_recurrent_gated_delta_rule": _gdn_recurrent,
 }
@@ -255,6 +272,8 @@ _LAYOUT_BAD: tuple[tuple[str, Builder, str, str], ...] = (
     ("selective_state_update", _ssu, "out", "overlap"),
     ("mamba_chunk_scan_combined_varlen", _ssd_scatter, "final_states_out", "expand"),
     ("mamba_chunk_scan_combined_varlen", _ssd_tail, "out", "overlap"),
+    ("store_prefill_checkpoint", _checkpoint, "conv_state", "expand"),
+    ("store_prefill_checkpoint", _checkpoint, "ssm_state", "expand"),
 )
 
 
