@@ -50,6 +50,13 @@ static float prep_kq(const void* q, const void* k, const int64_t* prm, int64_t t
 
 /* ------------------------------------------------------------------ rows (decode) */
 #define RB 4  /* value rows per pass: independent dot-product chains */
+/* State rows ahead that the row kernel prefetches (past the last row of an item, the first
+   rows of the next item's source state): the hardware prefetchers stop at 4 KiB pages and at
+   each jump to another slot. Measured on an AVX2 EPYC, decode B=32 (16 MiB fp32 states):
+   about 5% faster than without; 4 rows alike, 16 no better. */
+#ifndef GDN_PFR
+#define GDN_PFR 8
+#endif
 static void gdn_rows(const void* q, const void* k, const void* x, const void* g, const void* beta,
                      void* o, const void* s_in, void* s_out, const int64_t* seq,
                      const int64_t* dst2d, const int64_t* prm, float scale, int nthreads) {
@@ -92,8 +99,27 @@ static void gdn_rows(const void* q, const void* k, const void* x, const void* g,
                 b[2 * K] = prep_kq(q, k, prm, t0 + i, h, scale, b, b + K);
                 b[2 * K + 1] = expf(mb_ld(g, dg, (t0 + i) * st[6] + hv * st[7]));
             }
+            /* the source rows GDN_PFR ahead (past the last row: the next item's first rows) */
+            int64_t nsrc = -1, nhv = 0;
+            if (s_in && item + 1 < N * HV) {
+                const int64_t n2 = (item + 1) / HV;
+                nhv = (item + 1) % HV;
+                nsrc = seq[4 * n2 + 1] > 0 ? seq[4 * n2 + 2] : -1;
+            }
             for (int64_t v0 = 0; v0 < V; v0 += RB) {
                 const int64_t nr = V - v0 < RB ? V - v0 : RB;
+                if (s_in) {
+                    for (int64_t r = 0; r < RB; ++r) {
+                        const int64_t vp = v0 + GDN_PFR + r;
+                        const char* pr = NULL;
+                        if (vp < V && src >= 0) pr = mb_elem(s_in, din, SOFF(si, src, hv, vp));
+                        else if (vp >= V && vp - V < V && nsrc >= 0)
+                            pr = mb_elem(s_in, din, SOFF(si, nsrc, nhv, vp - V));
+                        if (pr && si[3] == 1)
+                            for (int64_t l = 0; l < K * mb_esize(din); l += 64)
+                                __builtin_prefetch(pr + l, 1, 3);
+                    }
+                }
                 float* rp[RB];
                 for (int64_t r = 0; r < RB; ++r) {
                     rp[r] = row + r * K;
