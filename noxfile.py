@@ -232,9 +232,14 @@ def test_triton(session: nox.Session) -> None:
     """The Triton kernels in Triton's interpreter on this CPU (no GPU needed): the conformance
     kit on the Triton backends in fp32/fp16 (the interpreter computes bf16 wrongly), plus the
     package's own tests (odd sizes, pad/null slots, strided states, split/batch). The
-    interpreter needs numpy."""
+    interpreter needs numpy. Also the vLLM plugin's GDN core (the CUDA route's composition) with
+    the Triton ops: it imports nothing from vLLM, so the plugin goes in without its deps."""
     _install(session, "core", "triton", "cuda", extra=(TRITON, "numpy"))
-    session.run("pytest", "packages/triton/tests", *session.posargs, env={"TRITON_INTERPRET": "1"})
+    session.install("--no-deps", "-e", "packages/vllm")
+    session.run(
+        "pytest", "packages/triton/tests", "packages/vllm/tests/test_gdn_core_triton.py",
+        *session.posargs, env={"TRITON_INTERPRET": "1"},
+    )  # fmt: skip
 
 
 @nox.session(name="compile-check", tags=["tests"])

