@@ -56,9 +56,9 @@ MODELS: dict[str, tuple[str, tuple[int, int], int]] = {
 }
 
 
-def _configs(model: str, mutation: str | None = None) -> tuple[str, str, str, str | None]:
+def _configs(model: str, mutation: str | None = None) -> tuple[str, str, str | None]:
     """Declares (idempotently) the prefix-caching run of ``model`` and its references: the same
-    engine with prefix caching off, the native (plugin off) prefix-caching run, and a mutant."""
+    engine with prefix caching off, and a mutant."""
     _, (pa, pb), max_len = MODELS[model]
     common: dict[str, Any] = {"prompts": shared_prefix_prompts(pa, pb), "max_model_len": max_len}
     if model == "lfm2":
@@ -66,13 +66,12 @@ def _configs(model: str, mutation: str | None = None) -> tuple[str, str, str, st
     pc: dict[str, Any] = {"enable_prefix_caching": True, "rounds": 2, **common}
     cached = add_config(f"{model}_fp32_plugin_pc", model, "float32", True, **pc)
     plain = add_config(f"{model}_fp32_plugin_pc_off", model, "float32", True, **common)
-    native = add_config(f"{model}_fp32_native_pc", model, "float32", False, **pc)
     mutant = None
     if mutation is not None:
         mutant = add_config(
             f"{model}_fp32_plugin_pc_mutant", model, "float32", True, mutation=mutation, **pc
         )
-    return cached, plain, native, mutant
+    return cached, plain, mutant
 
 
 def _assert_routed(run: dict[str, Any], mamba_type: str) -> None:
@@ -96,7 +95,7 @@ def _round2(run: dict[str, Any]) -> dict[str, Any]:
 
 def _check(engines: Any, model: str) -> None:
     """Hits after round 2, and both rounds equal the run without prefix caching."""
-    cached_name, plain_name, _, _ = _configs(model)
+    cached_name, plain_name, _ = _configs(model)
     cached, plain = engines.get(cached_name), engines.get(plain_name)
     mamba_type = MODELS[model][0]
     _assert_routed(cached, mamba_type)
@@ -117,7 +116,7 @@ def test_mamba2_prefix_caching_equals_no_caching(engines: Any) -> None:
 
 def test_mamba2_checkpoint_mutation_is_detected(engines: Any) -> None:
     """Zero checkpoints (conv window and SSM state) must change the second round."""
-    _, plain_name, _, mutant_name = _configs("mamba2", "checkpoint_zeros")
+    _, plain_name, mutant_name = _configs("mamba2", "checkpoint_zeros")
     assert mutant_name is not None
     mutant, plain = engines.get(mutant_name), engines.get(plain_name)
     _assert_routed(mutant, "mamba2")
