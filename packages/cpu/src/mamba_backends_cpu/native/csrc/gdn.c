@@ -7,7 +7,8 @@
        o[v] = exp(g) * sq + d * (k . q),  S[v] <- exp(g) * S[v] + d * k
 
    mb_gdn_rows (a few tokens per sequence) walks the rows of a state four at a time, each row
-   loaded once for all of its sequence's tokens. mb_gdn_tiles holds a block of VT rows
+   loaded once for all of its sequence's tokens; a single token on fp32 states of unit K stride
+   (the decode step) runs gdn_row1 in place, with no row buffer. mb_gdn_tiles holds a block of VT rows
    transposed, [K, VT], so the inner loop runs across rows (no horizontal sums) and the block
    stays in L1 for every token. It keeps the block scaled, S = s * S': a token then costs one
    FMA per element for the update and two for the dot products (the decay multiply is folded
@@ -53,10 +54,62 @@ static float prep_kq(const void* q, const void* k, const int64_t* prm, int64_t t
 /* State rows ahead that the row kernel prefetches (past the last row of an item, the first
    rows of the next item's source state): the hardware prefetchers stop at 4 KiB pages and at
    each jump to another slot. Measured on an AVX2 EPYC, decode B=32 (16 MiB fp32 states):
-   about 5% faster than without; 4 rows alike, 16 no better. */
+   about 5% faster than without; 4 rows alike, 16 no better. On an AVX-512 EPYC gdn_row1 ran
+   0.53x the old kernel's time with it, 0.57-0.77x without (C driver, min of 15 x 20 calls). */
 #ifndef GDN_PFR
 #define GDN_PFR 8
 #endif
+/* One token of one (sequence, value head) with fp32 states of unit K stride, in place through
+   the strides: each group of RB rows is read once for both dot products (k and q, reduced by
+   mb_vsum8), then updated from L1 and stored; no row is copied to a buffer. ``sin``/``sout``:
+   row 0 of the source / destination state (NULL: zeros / not written), rows ``rin``/``rout``
+   elements apart; ``xv``/``bv``/``ov``: this token's value-row base offsets; ``nxt``: row 0
+   of the next item's source state (prefetched past the last row), or NULL. */
+static void gdn_row1(const float* sin, float* sout, int64_t rin, int64_t rout, const float* kn,
+                     const float* qn, float kq, float dec, const void* x, int dx, int64_t xv,
+                     const void* beta, int db, int64_t bv, int64_t bvs, void* o, int dout,
+                     int64_t ov, int64_t K, int64_t V, const float* nxt) {
+    for (int64_t v0 = 0; v0 < V; v0 += RB) {
+        const int64_t nr = V - v0 < RB ? V - v0 : RB;
+        for (int64_t r = 0; r < RB && GDN_PFR > 0; ++r) {
+            const int64_t vp = v0 + GDN_PFR + r;
+            const float* pr = vp < V ? (sin ? sin + vp * rin : NULL)
+                                     : (nxt && vp - V < V ? nxt + (vp - V) * rin : NULL);
+            for (int64_t l = 0; pr && l < K; l += 16) __builtin_prefetch(pr + l, 1, 3);
+        }
+        mb_vf acc[2 * RB];
+        for (int r = 0; r < 2 * RB; ++r) acc[r] = (mb_vf){0};
+        for (int64_t j = 0; sin && j < K; j += MB_VL) {
+            const mb_vf kj = *(const mb_vfu*)(kn + j), qj = *(const mb_vfu*)(qn + j);
+            for (int r = 0; r < RB; ++r) {
+                if (r >= nr) break;
+                const mb_vf h = *(const mb_vfu*)(sin + (v0 + r) * rin + j);
+                acc[r] += h * kj;
+                acc[RB + r] += h * qj;
+            }
+        }
+        float sums[2 * RB];
+        mb_vsum8(acc, sums); /* sums[r] = S[v0 + r] . k, sums[RB + r] = S[v0 + r] . q */
+        float d[RB];
+        for (int64_t r = 0; r < nr; ++r) {
+            const int64_t v = v0 + r;
+            const float bt = beta ? mb_ld(beta, db, bv + v * bvs) : 1.0f;
+            d[r] = bt * (mb_ld(x, dx, xv + v) - dec * sums[r]);
+            mb_st(o, dout, ov + v, dec * sums[RB + r] + d[r] * kq);
+        }
+        for (int64_t r = 0; sout && r < nr; ++r) {
+            const float* ip = sin ? sin + (v0 + r) * rin : NULL;
+            float* op = sout + (v0 + r) * rout;
+            const mb_vf vd = (mb_vf){0} + d[r], vdec = (mb_vf){0} + dec;
+            for (int64_t j = 0; j < K; j += MB_VL) {
+                const mb_vf kj = *(const mb_vfu*)(kn + j);
+                const mb_vf h = ip ? *(const mb_vfu*)(ip + j) : (mb_vf){0};
+                *(mb_vfu*)(op + j) = vdec * h + vd * kj;
+            }
+        }
+    }
+}
+
 static void gdn_rows(const void* q, const void* k, const void* x, const void* g, const void* beta,
                      void* o, const void* s_in, void* s_out, const int64_t* seq,
                      const int64_t* dst2d, const int64_t* prm, float scale, int nthreads) {
@@ -68,6 +121,9 @@ static void gdn_rows(const void* q, const void* k, const void* x, const void* g,
     const int64_t* st = prm + 16;
     const int64_t *si = st + 13, *so = st + 17;
     const int64_t GR = HV / H;
+    /* single-token items on fp32 states with unit K stride take gdn_row1 */
+    const int fast1 = mode == 0 && K % MB_VL == 0 && (!s_in || (din == 0 && si[3] == 1)) &&
+                      (!s_out || (dso == 0 && so[3] == 1));
     #pragma omp parallel num_threads(nthreads)
     {
         float* row = NULL; float* tok = NULL; int64_t cap = 0;
@@ -105,6 +161,16 @@ static void gdn_rows(const void* q, const void* k, const void* x, const void* g,
                 const int64_t n2 = (item + 1) / HV;
                 nhv = (item + 1) % HV;
                 nsrc = seq[4 * n2 + 1] > 0 ? seq[4 * n2 + 2] : -1;
+            }
+            if (fast1 && L == 1) {
+                const int64_t t = t0;
+                gdn_row1(src >= 0 && s_in ? (const float*)s_in + SOFF(si, src, hv, 0) : NULL,
+                         dst >= 0 && s_out ? (float*)s_out + SOFF(so, dst, hv, 0) : NULL,
+                         si[2], so[2], tok, tok + K, tok[2 * K], tok[2 * K + 1], x, dx,
+                         t * st[4] + hv * st[5], beta, db, t * st[8] + hv * st[9], st[10], o,
+                         dout, t * st[11] + hv * st[12], K, V,
+                         nsrc >= 0 ? (const float*)s_in + SOFF(si, nsrc, nhv, 0) : NULL);
+                continue;
             }
             for (int64_t v0 = 0; v0 < V; v0 += RB) {
                 const int64_t nr = V - v0 < RB ? V - v0 : RB;

@@ -229,6 +229,60 @@ static inline float mb_vsum(mb_vf x) {
     return s;
 }
 
+/* s[i] = the lane sum of v[i], i < 8, by a tree of lane shuffles: each level adds the two
+   halves of every segment of two vectors (the sums of 8 vectors in about 3 log2(MB_VL) vector
+   operations instead of 8 serial MB_VL-term scalar chains). The summation order differs from
+   mb_vsum's (a tree, not left to right). */
+#define MB_FOLD(a, b, LO, HI) (__builtin_shuffle((a), (b), (mb_vi)LO) + __builtin_shuffle((a), (b), (mb_vi)HI))
+MB_ALWAYS_INLINE void mb_vsum8(const mb_vf* v, float* s) {
+#if MB_VL == 16
+#define L1 {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}
+#define H1 {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}
+#define L2 {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27}
+#define H2 {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31}
+#define L3 {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29}
+#define H3 {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31}
+#define L4 {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#define H4 {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}
+    const mb_vf c0 = MB_FOLD(v[0], v[1], L1, H1), c1 = MB_FOLD(v[2], v[3], L1, H1);
+    const mb_vf c2 = MB_FOLD(v[4], v[5], L1, H1), c3 = MB_FOLD(v[6], v[7], L1, H1);
+    const mb_vf d0 = MB_FOLD(c0, c1, L2, H2), d1 = MB_FOLD(c2, c3, L2, H2);
+    const mb_vf e = MB_FOLD(d0, d1, L3, H3);
+    const mb_vf f = MB_FOLD(e, e, L4, H4);
+    for (int i = 0; i < 8; ++i) s[i] = f[i];
+#elif MB_VL == 8
+#define L1 {0, 1, 2, 3, 8, 9, 10, 11}
+#define H1 {4, 5, 6, 7, 12, 13, 14, 15}
+#define L2 {0, 1, 4, 5, 8, 9, 12, 13}
+#define H2 {2, 3, 6, 7, 10, 11, 14, 15}
+#define L3 {0, 2, 4, 6, 8, 10, 12, 14}
+#define H3 {1, 3, 5, 7, 9, 11, 13, 15}
+    const mb_vf c0 = MB_FOLD(v[0], v[1], L1, H1), c1 = MB_FOLD(v[2], v[3], L1, H1);
+    const mb_vf c2 = MB_FOLD(v[4], v[5], L1, H1), c3 = MB_FOLD(v[6], v[7], L1, H1);
+    const mb_vf d0 = MB_FOLD(c0, c1, L2, H2), d1 = MB_FOLD(c2, c3, L2, H2);
+    const mb_vf e = MB_FOLD(d0, d1, L3, H3);
+    for (int i = 0; i < 8; ++i) s[i] = e[i];
+#else
+#define L1 {0, 1, 4, 5}
+#define H1 {2, 3, 6, 7}
+#define L2 {0, 2, 4, 6}
+#define H2 {1, 3, 5, 7}
+    const mb_vf c0 = MB_FOLD(v[0], v[1], L1, H1), c1 = MB_FOLD(v[2], v[3], L1, H1);
+    const mb_vf c2 = MB_FOLD(v[4], v[5], L1, H1), c3 = MB_FOLD(v[6], v[7], L1, H1);
+    const mb_vf d0 = MB_FOLD(c0, c1, L2, H2), d1 = MB_FOLD(c2, c3, L2, H2);
+    for (int i = 0; i < 4; ++i) { s[i] = d0[i]; s[4 + i] = d1[i]; }
+#endif
+#undef L1
+#undef H1
+#undef L2
+#undef H2
+#undef L3
+#undef H3
+#undef L4
+#undef H4
+}
+#undef MB_FOLD
+
 #if defined(__AVX512F__)
 MB_ALWAYS_INLINE mb_vf mb_vclamp(mb_vf v, float lo, float hi) {
     /* min/max return their second operand when one is NaN: v goes second (NaN stays NaN) */
