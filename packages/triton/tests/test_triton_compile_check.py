@@ -67,3 +67,50 @@ def test_known_failures_are_reported_and_an_unexpected_pass_fails() -> None:
     assert xfail.counts_as_failure is False and xfail.verdict.startswith("XFAIL")
     xpass = row(ok=True, known="SGPR spills")
     assert xpass.counts_as_failure is True and xpass.verdict.startswith("XPASS")
+
+
+SPY = """
+import json, sys
+import triton
+from mamba_backends_triton import compile_check as cc
+cc._prepare_env()
+seen = []
+real = triton.compile
+def spy(src, target=None, options=None):
+    kernel = real(src, target=target, options=options)
+    seen.append({"options": options, "waves_per_eu": kernel.metadata.waves_per_eu,
+                 "llir_attr": '"amdgpu-waves-per-eu"="2,2"' in kernel.asm["llir"]})
+    return kernel
+triton.compile = spy
+mod = "mamba_backends_triton.ops.conv1d.update"
+jobs = json.loads(sys.argv[1])
+rows = [cc.compile_one((mod, 0, 0, dev, cfg, target)) for dev, cfg, target in jobs]
+print(json.dumps({"rows": [r.__dict__ for r in rows], "seen": seen}))
+"""
+
+
+def test_a_hip_entry_is_compiled_with_its_amd_options():
+    """``waves_per_eu`` of a ``hip:`` entry reaches ``triton.compile`` and the kernel (LLVM's
+    ``amdgpu-waves-per-eu`` attribute); in a vendor-neutral entry it is a failing row."""
+    sane = {"BLOCK_D": 256, "num_warps": 4, "num_stages": 1}
+    jobs = [
+        ("hip:gfx942", {**sane, "waves_per_eu": 2}, "hip:gfx942"),
+        ("default", {**sane, "waves_per_eu": 2}, "cuda:sm90"),  # misplaced: never compiled
+        ("hip:gfx942", {**sane, "waves_per_eu": 9}, "hip:gfx942"),  # not an allowed value
+    ]
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    res = subprocess.run(
+        [sys.executable, "-c", SPY, json.dumps(jobs)],
+        capture_output=True, text=True, env=env, check=False, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    ok, misplaced, bad = out["rows"]
+    assert ok["ok"], ok
+    assert "waves_per_eu=2" in ok["config"]  # shown in the printed row
+    (seen,) = out["seen"]  # only the valid row reached the compiler
+    assert seen["options"]["waves_per_eu"] == 2 and seen["waves_per_eu"] == 2
+    assert seen["llir_attr"], seen
+    assert not misplaced["ok"] and "TuningError" in misplaced["error"], misplaced
+    assert "'waves_per_eu' is an AMD (hip:) option" in misplaced["error"], misplaced
+    assert not bad["ok"] and "'waves_per_eu' = 9 is not one of" in bad["error"], bad

@@ -4,7 +4,8 @@ Each kernel module lists, next to its kernels, a ``COMPILE_CHECKS`` tuple of
 :class:`KernelCheck`: the kernel, the tuning op whose configs launch it, a few representative
 :class:`Variant` specialisations (argument dtypes, layout and feature constexprs), and how a
 tuning config becomes the kernel's block constexprs and Triton launch options (the launcher
-uses the same mapping, so what is checked is what runs).
+uses the same mapping, so what is checked is what runs; the options come from
+:func:`._options.launch_options`, vendor options included).
 
 Arguments a variant does not name are ``i32`` scalars, as the JIT types small ints. An int
 argument listed in ``constexprs`` is specialised to that value, as the JIT does for ints equal
@@ -18,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from mamba_backends_triton._options import launch_options
 
 #: ``(config, feature constexprs) -> (block constexprs, launch options)`` of one kernel.
 LaunchOf = Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
@@ -53,8 +56,9 @@ class KernelCheck:
 def blocks_and_options(
     cfg: Mapping[str, Any], constexprs: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The plain mapping: upper-case config keys are block constexprs, ``num_warps`` and
-    ``num_stages`` are launch options."""
+    """The plain mapping: upper-case config keys are block constexprs; ``num_warps`` and
+    ``num_stages`` (where present) and the vendor options are launch options."""
     consts = {k: v for k, v in cfg.items() if k.isupper()}
-    options = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
-    return consts, options
+    warps = "num_warps" if "num_warps" in cfg else None
+    stages = "num_stages" if "num_stages" in cfg else None
+    return consts, launch_options(cfg, warps, stages)

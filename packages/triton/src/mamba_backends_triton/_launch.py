@@ -3,7 +3,8 @@
 Tuning tables (``mamba_backends.tuning``) are keyed by ``vendor:arch`` device names. A launcher
 asks :func:`launch_config` with its op name, the device of its tensors and its shape keys; each
 kernel module maps the answer to its block constexprs and Triton launch options (``num_warps``,
-``num_stages``) with the same function the compile check uses.
+``num_stages`` and the vendor options of :mod:`._options`) with the same function the compile
+check uses.
 
 Device names:
 
@@ -16,19 +17,32 @@ Device names:
   launched and checked against the spec in the interpreter.
 
 A lookup then falls back from the exact name to ``<vendor>:default`` to ``default``.
+
+Vendor launch options (``waves_per_eu`` on ``hip:``, ``grf_mode`` on ``xpu:``, see
+:data:`._options.VENDOR_OPTIONS`): :func:`launch_config` checks every entry of an op's tables
+on its first lookup (and again after the tables may have changed), and the config it returns,
+with :func:`._options.check_config`. It then guards the launch by where the tensors live: on
+their own vendor's GPU the options stay; under the interpreter or on CPU tensors (where a
+vendor's tables are launched through ``MAMBA_BACKENDS_TRITON_TUNING_DEVICE``) they are taken
+out, since the interpreter has no backend options (logged once per op at DEBUG); on another
+vendor's GPU the launch raises :class:`~mamba_backends.tuning.TuningError`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 from typing import Any
 
 import torch
 
-from mamba_backends.tuning import lookup
+from mamba_backends.tuning import configs, generation, lookup
 from mamba_backends_triton import interpreting
+from mamba_backends_triton._options import VENDOR_KEYS, check_config, for_backend
+
+logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=64)
@@ -66,6 +80,50 @@ def _current_index(device_type: str) -> int:
     return int(current()) if callable(current) else 0
 
 
+def launch_backend(device: torch.device) -> str | None:
+    """The device-name prefix of the Triton backend that launches on ``device`` (``"cuda:"``,
+    ``"hip:"``, ``"xpu:"``), or ``None`` under the interpreter and for CPU tensors."""
+    if interpreting() or device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        return "hip:" if torch.version.hip is not None else "cuda:"
+    return device.type + ":"
+
+
+# op -> the tuning generation at which every entry of its tables passed check_config.
+_checked_tables: dict[str, int] = {}
+_logged_drops: set[str] = set()
+
+
+def _check_tables(op: str) -> None:
+    gen = generation()
+    if _checked_tables.get(op) == gen:
+        return
+    for entry_device, cfg in configs(op):
+        check_config(op, entry_device, cfg)
+    _checked_tables[op] = gen
+
+
 def launch_config(op: str, device: torch.device, **keys: int | str | bool) -> dict[str, Any]:
-    """The tuning config of ``op`` for tensors on ``device`` at shape ``keys``."""
-    return lookup(op, device_name(device), **keys)
+    """The tuning config of ``op`` for tensors on ``device`` at shape ``keys``, with only the
+    vendor launch options that this launch may pass (see the module docstring).
+
+    Raises :class:`~mamba_backends.tuning.TuningError` naming op, device and key for a vendor
+    option outside its vendor's entries, with a value not allowed, or bound for another
+    vendor's GPU.
+    """
+    name = device_name(device)
+    _check_tables(op)
+    cfg = lookup(op, name, **keys)
+    if VENDOR_KEYS.isdisjoint(cfg):
+        return cfg
+    check_config(op, name, cfg)  # overrides are not in the tables: check what was served
+    backend = launch_backend(device)
+    if backend is None:
+        dropped = sorted(VENDOR_KEYS.intersection(cfg))
+        if op not in _logged_drops:
+            _logged_drops.add(op)
+            logger.debug("%s on %s: %s not passed (no backend options here)", op, name, dropped)
+        return {k: v for k, v in cfg.items() if k not in VENDOR_KEYS}
+    for_backend(op, name, cfg, backend)
+    return cfg

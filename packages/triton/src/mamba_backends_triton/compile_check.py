@@ -14,6 +14,13 @@ it compiles the kernel and fails on:
 
 It prints one row per kernel x variant x target x config with registers, spills and shared
 memory, and exits non-zero when any row fails.
+
+Vendor launch options in a config (:data:`._options.VENDOR_OPTIONS`) are checked against the
+entry's device (:func:`._options.check_config`: a misplaced key or a bad value is a failing
+row) and handed to ``triton.compile(..., options=...)`` for the targets of their vendor, so a
+``hip:`` entry with ``waves_per_eu`` is compiled with it; they are listed in the row's config
+column. There is no offline Intel XPU target (the PyPI Triton wheel has no ``xpu`` backend), so
+the ``xpu:`` entries and their ``grf_mode``/``warp_size`` are not compiled here.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from mamba_backends_triton._options import check_config, for_backend
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +203,10 @@ def compile_one(job: tuple[str, int, int, str, dict[str, Any], str]) -> Row:
         (why for prefix, why in check.known_failures.items() if target.name.startswith(prefix)), ""
     )
     try:
+        check_config(check.op, config_device, config)
         blocks, options = check.launch(config, variant.constexprs)
         row.config = " ".join(f"{k}={v}" for k, v in {**blocks, **options}.items())
+        options = for_backend(check.op, config_device, options, target.backend + ":")
         consts = {**variant.constexprs, **blocks}
         sig = _signature(check.kernel, variant.pointers, consts)
         aligned = {

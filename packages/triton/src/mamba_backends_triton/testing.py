@@ -70,19 +70,26 @@ def tuning_tables(package: str) -> dict[str, dict[str, Any]]:
 
 
 def check_kernels_map_every_entry(tables: dict[str, dict[str, Any]]) -> None:
-    """Every kernel of the compile check maps every entry of ``tables`` to int blocks and 1-16
-    warps, and every op of ``tables`` has a kernel there."""
+    """Every kernel of the compile check maps every entry of ``tables`` to int blocks, 1-16
+    warps and exactly the entry's vendor launch options (each valid for the entry's device,
+    :func:`~mamba_backends_triton._options.check_config`), and every op of ``tables`` has a
+    kernel there."""
     import importlib
 
+    from mamba_backends_triton._options import VENDOR_KEYS, check_config
     from mamba_backends_triton.compile_check import KERNEL_MODULES
 
     checked = set()
     for name in KERNEL_MODULES:
         for check in importlib.import_module(name).COMPILE_CHECKS:
             for e in tables[check.op]["configs"]:
+                check_config(check.op, e["device"], e["config"])
+                vendor = {k: v for k, v in e["config"].items() if k in VENDOR_KEYS}
                 for variant in check.variants:
                     blocks, options = check.launch(e["config"], variant.constexprs)
                     assert 1 <= options["num_warps"] <= 16, (check.op, e["device"])
                     assert all(isinstance(v, int) for v in blocks.values()), (check.op, blocks)
+                    got = {k: v for k, v in options.items() if k in VENDOR_KEYS}
+                    assert got == vendor, (check.kernel.__name__, e["device"], got, vendor)
             checked.add(check.op)
     assert checked == set(tables), sorted(set(tables) ^ checked)

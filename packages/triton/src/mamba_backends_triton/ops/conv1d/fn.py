@@ -37,6 +37,7 @@ from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
 from mamba_backends_triton import _contract
 from mamba_backends_triton._aot import KernelCheck, Variant
 from mamba_backends_triton._launch import launch_config
+from mamba_backends_triton._options import launch_options
 from mamba_backends_triton.ops.conv1d._common import (
     check_kernel_dtypes,
     flag_tensor,
@@ -202,7 +203,7 @@ def _fwd_launch(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The output kernel's blocks and launch options for a tuning config."""
     blocks = {"BLOCK_T": cfg["BLOCK_T"], "BLOCK_D": cfg["BLOCK_D"]}
-    return blocks, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return blocks, launch_options(cfg)
 
 
 def _edge_launch(
@@ -210,7 +211,7 @@ def _edge_launch(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The edge kernel's blocks and launch options for a tuning config."""
     blocks = {"BLOCK_D": cfg["EDGE_BLOCK_D"], "BLOCK_K": triton.next_power_of_2(feats["W"] - 1)}
-    return blocks, {"num_warps": cfg["edge_num_warps"]}
+    return blocks, launch_options(cfg, "edge_num_warps", None)
 
 
 # Compile-check specialisations (:mod:`mamba_backends_triton.compile_check`): vLLM's layout

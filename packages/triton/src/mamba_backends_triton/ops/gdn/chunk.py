@@ -28,6 +28,7 @@ from torch import Tensor
 from mamba_backends_triton import _contract
 from mamba_backends_triton._aot import KernelCheck, Variant
 from mamba_backends_triton._launch import launch_config
+from mamba_backends_triton._options import launch_options
 from mamba_backends_triton.ops.conv1d._common import check_kernel_dtypes
 from mamba_backends_triton.ops.gdn.chunk_kernels import _gdn_chunk_kernel
 
@@ -45,7 +46,7 @@ def _launch(
         "BLOCK_T": max(int(cfg["BLOCK_T"]), _MIN_DOT),
         "BLOCK_V": max(int(cfg["BLOCK_V"]), _MIN_DOT),
     }
-    return blocks, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return blocks, launch_options(cfg)
 
 
 def _block(n: int) -> int:

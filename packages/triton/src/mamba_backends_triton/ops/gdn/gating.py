@@ -28,6 +28,7 @@ from torch import Tensor
 from mamba_backends_triton import _contract
 from mamba_backends_triton._aot import KernelCheck, Variant
 from mamba_backends_triton._launch import launch_config
+from mamba_backends_triton._options import launch_options
 from mamba_backends_triton.ops.conv1d._common import check_kernel_dtypes
 from mamba_backends_triton.ops.state_update.kernels import softplus
 
@@ -66,7 +67,7 @@ def _launch(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``TILE`` elements per program: ``BLOCK_T = TILE / BLOCK_HV`` tokens (at least 1)."""
     blocks = {"BLOCK_T": max(int(cfg["TILE"]) // int(feats["BLOCK_HV"]), 1)}
-    return blocks, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return blocks, launch_options(cfg)
 
 
 def fused_gdn_gating(

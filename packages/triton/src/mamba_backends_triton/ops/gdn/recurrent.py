@@ -39,6 +39,7 @@ from torch import Tensor
 from mamba_backends_triton import _contract
 from mamba_backends_triton._aot import KernelCheck, Variant
 from mamba_backends_triton._launch import launch_config
+from mamba_backends_triton._options import launch_options
 from mamba_backends_triton.ops.conv1d._common import check_kernel_dtypes
 from mamba_backends_triton.ops.gdn.recurrent_kernels import (
     _gdn_recurrent_kernel,
@@ -54,7 +55,7 @@ def _launch(
     """The update kernel: ``TILE`` state elements per program, ``BLOCK_V = TILE / BLOCK_K``
     value rows (so one config keeps its register budget at every K)."""
     blocks = {"BLOCK_V": max(int(cfg["TILE"]) // int(feats["BLOCK_K"]), 1)}
-    return blocks, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return blocks, launch_options(cfg)
 
 
 def _snap_launch(
@@ -63,7 +64,7 @@ def _snap_launch(
     """The snapshot kernel: ``SNAP_BLOCK_R`` sequences compared per step, ``SNAP_BLOCK``
     elements per copy step."""
     blocks = {"BLOCK_R": cfg["SNAP_BLOCK_R"], "BLOCK_E": cfg["SNAP_BLOCK"]}
-    return blocks, {"num_warps": cfg["snap_num_warps"]}
+    return blocks, launch_options(cfg, "snap_num_warps", None)
 
 
 def _needs_int64(

@@ -33,6 +33,7 @@ from torch import Tensor
 from mamba_backends_triton import _contract
 from mamba_backends_triton._aot import KernelCheck, Variant
 from mamba_backends_triton._launch import launch_config
+from mamba_backends_triton._options import launch_options
 from mamba_backends_triton.ops.conv1d._common import check_kernel_dtypes
 
 OP = "linear_decode_forward"
@@ -82,7 +83,7 @@ def _launch(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``TILE`` cache elements per program: ``BLOCK_E = TILE / BLOCK_D`` columns."""
     blocks = {"BLOCK_E": max(int(cfg["TILE"]) // int(feats["BLOCK_D"]), 1)}
-    return blocks, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return blocks, launch_options(cfg)
 
 
 def linear_decode_forward(

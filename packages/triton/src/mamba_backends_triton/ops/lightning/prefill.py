@@ -45,6 +45,7 @@ from torch import Tensor
 from mamba_backends_triton import _contract
 from mamba_backends_triton._aot import KernelCheck, Variant
 from mamba_backends_triton._launch import launch_config
+from mamba_backends_triton._options import launch_options
 from mamba_backends_triton.ops.conv1d._common import check_kernel_dtypes
 
 OP = "lightning_attention"
@@ -184,7 +185,7 @@ def _launch(
         "BLOCK_T": max(int(cfg["BLOCK_T"]), _MIN_DOT),
         "BLOCK_E": max(int(cfg["BLOCK_E"]), _MIN_DOT),
     }
-    return blocks, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return blocks, launch_options(cfg)
 
 
 def _block(x: int) -> int:

@@ -36,6 +36,7 @@ from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
 from mamba_backends_triton import _contract
 from mamba_backends_triton._aot import KernelCheck, Variant
 from mamba_backends_triton._launch import launch_config
+from mamba_backends_triton._options import launch_options
 from mamba_backends_triton.ops.conv1d._common import check_kernel_dtypes, flag_tensor, skip_ids
 from mamba_backends_triton.ops.state_update.kernels import softplus
 
@@ -178,7 +179,7 @@ def _launch(
     """``TILE`` state elements per program: ``BLOCK_D = TILE / BLOCK_N`` channels (one config
     keeps its register budget at every N)."""
     blocks = {"BLOCK_D": max(int(cfg["TILE"]) // int(feats["BLOCK_N"]), 1)}
-    return blocks, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return blocks, launch_options(cfg)
 
 
 def selective_scan_fn(

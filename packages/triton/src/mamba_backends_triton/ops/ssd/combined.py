@@ -31,6 +31,7 @@ from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
 from mamba_backends_triton import _contract
 from mamba_backends_triton._aot import KernelCheck, Variant
 from mamba_backends_triton._launch import launch_config
+from mamba_backends_triton._options import launch_options
 from mamba_backends_triton.ops.conv1d._common import check_kernel_dtypes
 from mamba_backends_triton.ops.ssd.chunk_scan import (
     CHUNK_STATES,
@@ -50,7 +51,7 @@ def _f32_dot(x: Tensor, B: Tensor, C: Tensor) -> str | None:
 
 
 def _options(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return launch_options(cfg)
 
 
 def _check_launch(

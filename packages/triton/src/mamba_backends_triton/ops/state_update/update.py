@@ -42,6 +42,7 @@ from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
 from mamba_backends_triton import _contract
 from mamba_backends_triton._aot import KernelCheck, Variant
 from mamba_backends_triton._launch import launch_config
+from mamba_backends_triton._options import launch_options
 from mamba_backends_triton.ops.conv1d._common import check_kernel_dtypes, skip_ids
 from mamba_backends_triton.ops.state_update.kernels import _ssu_kernel, _ssu_snapshot_kernel
 
@@ -56,7 +57,7 @@ def _launch(
     """The update kernel: ``TILE`` state elements per program, ``BLOCK_P = TILE / BLOCK_N``
     channels (so one config keeps its register budget at every N)."""
     blocks = {"BLOCK_P": max(int(cfg["TILE"]) // int(feats["BLOCK_N"]), 1)}
-    return blocks, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return blocks, launch_options(cfg)
 
 
 def _snap_launch(
@@ -64,7 +65,7 @@ def _snap_launch(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The snapshot kernel: ``SNAP_BLOCK`` elements per copy step."""
     blocks = {"BLOCK_R": SNAP_BLOCK_R, "BLOCK_E": cfg["SNAP_BLOCK"]}
-    return blocks, {"num_warps": cfg["snap_num_warps"]}
+    return blocks, launch_options(cfg, "snap_num_warps", None)
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
