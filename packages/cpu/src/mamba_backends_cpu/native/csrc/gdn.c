@@ -215,8 +215,11 @@ static void gdn_rows(const void* q, const void* k, const void* x, const void* g,
                             A0 += x0 * kj; A1 += x1 * kj; A2 += x2 * kj; A3 += x3 * kj;
                             B0 += x0 * qj; B1 += x1 * qj; B2 += x2 * qj; B3 += x3 * qj;
                         }
-                        a0 = mb_vsum(A0); a1 = mb_vsum(A1); a2 = mb_vsum(A2); a3 = mb_vsum(A3);
-                        b0 = mb_vsum(B0); b1 = mb_vsum(B1); b2 = mb_vsum(B2); b3 = mb_vsum(B3);
+                        const mb_vf acc[2 * RB] = {A0, A1, A2, A3, B0, B1, B2, B3};
+                        float sums[2 * RB];
+                        mb_vsum8(acc, sums);
+                        a0 = sums[0]; a1 = sums[1]; a2 = sums[2]; a3 = sums[3];
+                        b0 = sums[4]; b1 = sums[5]; b2 = sums[6]; b3 = sums[7];
                     }
                     for (int64_t j = j0; j < K; ++j) {
                         const float kj = kn[j], qj = qn[j];
