@@ -214,6 +214,7 @@ MB_ALWAYS_INLINE void ssu_rows_vec(const void* in, void* o, const int dt, int64_
     const mb_vf vdA = (mb_vf){0} + dA;
     const int64_t rb = N * es, blk = P * rb;
     const int pf = ps == N && in == o;
+    mb_vf acc8[8]; /* row sums of the last up-to-8 rows, reduced together by mb_vsum8 */
     for (int64_t p = 0; p < P; ++p) {
         const char* ip = (const char*)in + p * ps * es;
         char* op = (char*)o + p * ps * es;
@@ -247,8 +248,10 @@ MB_ALWAYS_INLINE void ssu_rows_vec(const void* in, void* o, const int dt, int64_
             mb_vstore(op + n * es, dt, v0);
             acc0 += v0 * c0;
         }
-        yrow[p] = mb_vsum(acc0 + acc1);
+        acc8[p & 7] = acc0 + acc1;
+        if ((p & 7) == 7) mb_vsum8(acc8, yrow + p - 7);
     }
+    for (int64_t p = P & ~(int64_t)7; p < P; ++p) yrow[p] = mb_vsum(acc8[p & 7]);
 }
 
 /* The tied vector path of one (request, head): y rows, then D and z. */
