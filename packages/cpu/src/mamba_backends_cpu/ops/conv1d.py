@@ -255,18 +255,18 @@ def causal_conv1d_fn(
                 has_initial_state, activation, pad_slot_id, null_block_id,
             )  # fmt: skip
         return full
+    cdll = _native_lib(weight, x, weight, bias, conv_states)
+    if cdll is not None:  # the kernel reads the slots and skips pad/null requests itself
+        return _fn_native(
+            cdll, x, weight, bias, conv_states, qsl, cache_indices, has_initial_state,
+            use_silu, pad_slot_id, null_block_id,
+        )  # fmt: skip
     if cache_indices is not None:
         slots = cache_indices.to(torch.int64)
         valid = live_slots(slots, pad_slot_id, null_block_id)
     else:
         slots = torch.arange(Bn, dtype=torch.int64)
         valid = torch.ones(Bn, dtype=torch.bool)
-    cdll = _native_lib(weight, x, weight, bias, conv_states)
-    if cdll is not None:
-        return _fn_native(
-            cdll, x, weight, bias, conv_states, qsl, cache_indices, has_initial_state,
-            use_silu, pad_slot_id, null_block_id,
-        )  # fmt: skip
     lens = qsl[1:] - qsl[:-1]
     write = valid & (lens > 0)
 
