@@ -8,7 +8,9 @@ Usage: ``python _runner.py spec.json out.json``. One engine start per call. The 
 ``speculative_config`` (a dict, default None) and ``rounds`` (how many times the prompts are
 generated in turn, default 1; ``tokens``/``logprobs`` hold the last round, ``rounds_tokens``
 every round, ``metrics`` vLLM's prefix-cache and speculative-decoding counters after the
-run); ``llm_kwargs`` (a dict) goes to ``LLM(...)`` as is.
+run); ``llm_kwargs`` (a dict) goes to ``LLM(...)`` as is. With ``tp`` > 1 and the plugin on,
+``worker_threads`` holds, per worker process, :func:`_worker_threads` before and after the
+generation (a ``collective_rpc`` of a callable: ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``).
 """
 
 from __future__ import annotations
@@ -93,6 +95,47 @@ def _mutate(name: str) -> None:
         raise ValueError(f"unknown mutation {name!r}")
 
 
+def _worker_threads(worker: Any = None, probe: bool = False) -> dict[str, Any]:
+    """In a worker (``collective_rpc``): its plugin's thread record from routing time, a thread
+    snapshot now and, with ``probe``, one causal-conv1d prefill through the routed backend's
+    ops on this thread (the one that runs the model) with the ``nthreads`` that each native
+    kernel call was given and the thread snapshot after it."""
+    import torch
+
+    import mamba_backends_vllm
+    from mamba_backends_vllm import _plugin, _threads
+
+    out: dict[str, Any] = {
+        "routing": mamba_backends_vllm.routing_table()["threads"],
+        "now": _threads.snapshot(),
+    }
+    if probe:
+        from mamba_backends_cpu.native import _build
+
+        nthreads: list[int] = []
+        real = _build.call
+
+        def counting(fn: Any, args: Any) -> None:
+            nthreads.append(int(args.nthreads))
+            real(fn, args)
+
+        dim, T, W = 64, 40, 4
+        x = torch.randn(T, dim).t()  # channel-last (dim, T)
+        weight, states = torch.randn(dim, W), torch.zeros(1, dim, W - 1)
+        qsl = torch.tensor([0, T], dtype=torch.int32)
+        _build.call = counting
+        try:
+            _plugin.ops_for("mamba2").causal_conv1d_fn(
+                x, weight, None, states, qsl, torch.tensor([0], dtype=torch.int32),
+                torch.tensor([False]),
+            )  # fmt: skip
+        finally:
+            _build.call = real
+        out["probe_nthreads"] = nthreads
+        out["after_probe"] = _threads.snapshot()
+    return out
+
+
 def _prefix_cache_metrics(llm: Any) -> dict[str, float]:
     """vLLM's prefix-cache counters (``vllm:prefix_cache_queries`` / ``_hits``) and speculative
     decoding counters (``vllm:spec_decode_num_draft_tokens`` / ``_num_accepted_tokens`` ...),
@@ -124,6 +167,9 @@ def main(spec_path: str, out_path: str) -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     else:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i) for i in range(tp))
+    ask_workers = tp > 1 and bool(spec["plugin"])
+    if ask_workers:
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # a callable to collective_rpc
     if spec.get("mutation"):
         _mutate(spec["mutation"])
 
@@ -162,12 +208,15 @@ def main(spec_path: str, out_path: str) -> None:
     prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]]
     if spec.get("bench"):
         llm.generate(prompts[:2], SamplingParams(max_tokens=4, detokenize=False), use_tqdm=False)
+    # The probe before the generation is each worker's first native kernel call.
+    threads_before = llm.collective_rpc(_worker_threads, args=(True,)) if ask_workers else []
     t1 = time.perf_counter()
     rounds_tokens = []
     for _ in range(int(spec.get("rounds", 1))):
         outs = llm.generate(prompts, params, use_tqdm=False)
         rounds_tokens.append([list(o.outputs[0].token_ids) for o in outs])
     t_gen = time.perf_counter() - t1
+    threads_after = llm.collective_rpc(_worker_threads, args=(True,)) if ask_workers else []
     import torch._dynamo.utils
 
     result: dict[str, Any] = {
@@ -183,6 +232,9 @@ def main(spec_path: str, out_path: str) -> None:
         "tokens": rounds_tokens[-1],
         "rounds_tokens": rounds_tokens,
         "metrics": _prefix_cache_metrics(llm) if _keeps_stats(spec) else {},
+        "worker_threads": [
+            {"before": b, "after": a} for b, a in zip(threads_before, threads_after, strict=True)
+        ],
     }
     if not spec.get("bench"):
         result["logprobs"] = [

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
+from mamba_backends_vllm import _threads
 from mamba_backends_vllm.seams import (
     SUPPORTED_VLLM,
     SUPPORTED_VLLM_MAX_EXCLUSIVE,
@@ -304,6 +305,8 @@ def patch_layer_module(module: ModuleType, mamba_type: str) -> None:
                 PluggableLayer.register_oot(oot, name=route.layer_class)
                 _state.oot_registered.append(route.layer_class)
         d.patched = True
+        # Once per process, before any kernel ran and after vLLM's thread binding.
+        _threads.record()
 
 
 def _on_import(mamba_type: str) -> Callable[[ModuleType], None]:
@@ -505,4 +508,6 @@ def routing_table() -> dict[str, Any]:
             "supported_vllm_by_platform": dict(SUPPORTED_VLLM),
             "summary": summary or "on",
             "layers": {k: v.to_dict() for k, v in decisions.items()},
+            # This process's threads when its first layer was routed (None: none routed here).
+            "threads": _threads.recorded(),
         }
