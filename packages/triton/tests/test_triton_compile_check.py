@@ -25,10 +25,11 @@ print(json.dumps([r.__dict__ for r in rows]))
 """
 
 
-def _compile(jobs):
+def _compile(jobs, script=SCRIPT):
+    """Run ``script`` on ``jobs`` in a fresh process (no interpreter); its last stdout line."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     res = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(jobs)],
+        [sys.executable, "-c", script, json.dumps(jobs)],
         capture_output=True, text=True, env=env, check=False, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
@@ -98,13 +99,7 @@ def test_a_hip_entry_is_compiled_with_its_amd_options():
         ("default", {**sane, "waves_per_eu": 2}, "cuda:sm90"),  # misplaced: never compiled
         ("hip:gfx942", {**sane, "waves_per_eu": 9}, "hip:gfx942"),  # not an allowed value
     ]
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    res = subprocess.run(
-        [sys.executable, "-c", SPY, json.dumps(jobs)],
-        capture_output=True, text=True, env=env, check=False, timeout=600,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = _compile(jobs, SPY)
     ok, misplaced, bad = out["rows"]
     assert ok["ok"], ok
     assert "waves_per_eu=2" in ok["config"]  # shown in the printed row
