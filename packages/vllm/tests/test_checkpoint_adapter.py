@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("vllm")
 
-from mamba_backends_vllm import _plugin, adapters, seams
+from mamba_backends_vllm import _plugin, adapters, seams, versions
 
 _M2 = "vllm.model_executor.layers.mamba.mamba_mixer2"
 
@@ -28,7 +28,7 @@ def _adapters() -> list[tuple[seams.KernelRoute, seams.KernelAdapter]]:
         (r, a)
         for r in seams.active_routes()
         for a in r.adapters
-        if seams.version_in(a.versions, _installed())
+        if versions.version_in(a.versions, _installed())
     ]
 
 

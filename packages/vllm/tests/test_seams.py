@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from mamba_backends_vllm import _plugin, seams
+from mamba_backends_vllm import _plugin, seams, versions
 
 
 def _resolve(seam: seams.Seam) -> Any:
@@ -48,7 +48,7 @@ def test_seam_resolves(seam: seams.Seam) -> None:
 
 
 def test_installed_vllm_is_in_the_supported_range() -> None:
-    assert seams.version_in(seams.SUPPORTED_VLLM_RANGE, _installed())
+    assert versions.version_in(versions.SUPPORTED_VLLM_RANGE, _installed())
 
 
 @pytest.mark.parametrize("check", seams.source_checks(_installed()), ids=lambda c: c.name)

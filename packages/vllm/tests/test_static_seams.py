@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mamba_backends_vllm import seams
+from mamba_backends_vllm import seams, versions
 from mamba_backends_vllm import static_seams as ss
 
 _M2 = "vllm.model_executor.layers.mamba.mamba_mixer2"
@@ -202,7 +202,7 @@ def test_installed_vllm_resolves_statically(installed: tuple[ss.Resolver, str]) 
 def test_static_agrees_with_import(installed: tuple[ss.Resolver, str], seam: seams.Seam) -> None:
     """Per seam: the static verdict is the import-based one (on the installed vLLM)."""
     resolver, version = installed
-    if not seams.version_in(seam.versions, version):
+    if not versions.version_in(seam.versions, version):
         pytest.skip(f"seam for vLLM {seam.versions}, installed {version}")
     static = ss.check_seam(resolver, seam)
     imported: str | None = None

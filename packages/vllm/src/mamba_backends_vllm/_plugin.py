@@ -30,13 +30,12 @@ from types import ModuleType
 from typing import Any
 
 from mamba_backends_vllm import _threads
-from mamba_backends_vllm.seams import (
+from mamba_backends_vllm.seams import KernelRoute, active_routes
+from mamba_backends_vllm.versions import (
     SUPPORTED_VLLM,
     SUPPORTED_VLLM_MAX_EXCLUSIVE,
     SUPPORTED_VLLM_MIN,
     SUPPORTED_VLLM_RANGE,
-    KernelRoute,
-    active_routes,
     parse_version,
     version_in,
 )
@@ -121,7 +120,7 @@ _state = _State()
 
 def is_supported_vllm(version: str, platform: str | None = None) -> bool:
     """Whether ``version`` lies in the range verified on ``platform`` (our platform name:
-    :data:`~mamba_backends_vllm.seams.SUPPORTED_VLLM`), or, without one, in the widest range
+    :data:`~mamba_backends_vllm.versions.SUPPORTED_VLLM`), or, without one, in the widest range
     (:data:`SUPPORTED_VLLM_RANGE`). A platform with no entry is unsupported."""
     if platform is None:
         try:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mamba_backends_vllm import seams as manifest
+from mamba_backends_vllm import versions
 
 logger = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ def check(path: str | Path, version: str | None = None) -> Report:
     for seam in manifest.all_seams(v):
         record(seam.name, check_seam(r, seam))
     for route in manifest.active_routes():
-        if manifest.version_in(route.versions, v):
+        if versions.version_in(route.versions, v):
             problems = check_route_calls(r, route)
             report.problems += problems
             if not problems:
@@ -415,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     report = check(args.source, args.version)
     if args.platform is not None:
-        spec = manifest.SUPPORTED_VLLM.get(args.platform)
-        if spec is None or not manifest.version_in(spec, report.version):
+        spec = versions.SUPPORTED_VLLM.get(args.platform)
+        if spec is None or not versions.version_in(spec, report.version):
             report.problems.append(
                 f"vLLM {report.version} is outside SUPPORTED_VLLM[{args.platform!r}] ({spec})"
             )
