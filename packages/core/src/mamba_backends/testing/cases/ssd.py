@@ -370,6 +370,9 @@ def fixed_cases() -> list[Case]:
     cases.append(make_case("oneshot", replace(tiny, poison="inf"), seed=1))
     # and one that only fp32 underflows: the spec's inf * e^-100 stays inf
     cases.append(make_case("oneshot", replace(tiny, lens=(2,), poison="inf"), seed=1))
+    # found by the drawn cases (stop 20): one token, an inf among x/dt/B/C/z, gated by z
+    one = SsdParams(lens=(1,), H=2, P=2, N=4, G=1, chunk=4, z=True, init="none")
+    cases.append(make_case("oneshot", replace(one, poison="inf"), seed=29))
     for j, poison in enumerate(POISONS[1:]):
         pp = SsdParams(lens=(64, 40, 70), chunk=64, z=True, init="all", poison=poison, tail=j)
         cases.append(make_case("oneshot", pp, seed=63 + j, quick=poison == "nan_last"))

@@ -18,7 +18,8 @@ static inline void ssd_out(float* yt, float* yv, const float* xt, const float* d
     }
     if (zt) {
         #pragma omp simd
-        for (int64_t p = 0; p < P; ++p) yv[p] *= zt[p] / (1.0f + mb_exp(-zt[p]));
+        for (int64_t p = 0; p < P; ++p) /* below -88 mb_exp saturates: z * 0 keeps -inf NaN */
+            yv[p] *= zt[p] < -88.0f ? zt[p] * 0.0f : zt[p] / (1.0f + mb_exp(-zt[p]));
     }
     memcpy(yt, yv, sizeof(float) * (size_t)P);
 }
