@@ -12,6 +12,7 @@ Imported by the test modules (``from cpu_checks import close``): a module of its
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mamba_backends.testing import Tolerance, tolerance_for
 from mamba_backends.testing.case import Check
@@ -54,3 +55,15 @@ def close(
 def qsl_of(lens: list[int]) -> torch.Tensor:
     """``query_start_loc`` / ``cu_seqlens`` ``(len(lens) + 1,)`` int32 of sequence lengths."""
     return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+
+
+class CountOps(TorchDispatchMode):
+    """The ATen ops a call dispatches (each costs tens of microseconds with cold caches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))

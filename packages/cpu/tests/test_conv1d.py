@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cpu_checks import close, qsl_of
+from cpu_checks import CountOps, close, qsl_of
 
 from mamba_backends.reference import conv1d as spec
+from mamba_backends_cpu.native import conv as _native_conv
 from mamba_backends_cpu.ops import conv1d as cpu
 
 
@@ -211,3 +212,30 @@ def test_bad_input_raises_before_any_write(path) -> None:
     with pytest.raises(NotImplementedError, match="initial_state_idx"):
         cpu.causal_conv1d_fn(x, weight, None, st, qsl, initial_state_idx=torch.zeros(2))
     assert torch.equal(st, before)
+
+
+def test_native_calls_dispatch_only_the_output_allocation(monkeypatch) -> None:
+    """vLLM's prefill and decode arguments (channel-last x, int32 offsets and slots, bool
+    has_initial_state, the (W-1, dim) state page) reach the C kernel with no ATen op but the
+    prefill output's allocation: no dtype conversion, no copy, no view, no scalar read."""
+    monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1")
+    if _native_conv.lib() is None:
+        pytest.skip("native conv library unavailable")
+    gen = torch.Generator().manual_seed(0)
+    dim, K, lens = 80, 3, [5, 9]
+    states = pool(4, dim, K, torch.bfloat16, "sd", gen)
+    x = torch.randn(sum(lens), dim, generator=gen).to(torch.bfloat16).t()  # (dim, T), channel-last
+    w = torch.randn(dim, K + 1, generator=gen).to(torch.bfloat16)
+    qsl = qsl_of(lens).to(torch.int32)
+    slots = torch.tensor([1, 3], dtype=torch.int32)
+    has_init = torch.tensor([True, False])
+    prefill = dict(x=x, weight=w, bias=None, conv_states=states, query_start_loc=qsl,
+                   cache_indices=slots, has_initial_state=has_init, activation="silu")  # fmt: skip
+    cpu.causal_conv1d_fn(**prefill)
+    with CountOps() as seen:
+        cpu.causal_conv1d_fn(**prefill)
+    assert seen.ops == ["empty_strided"]
+    xd = torch.randn(2, dim, generator=gen).to(torch.bfloat16)
+    with CountOps() as seen:
+        cpu.causal_conv1d_update(xd, states, w, None, "silu", slots)
+    assert seen.ops == []

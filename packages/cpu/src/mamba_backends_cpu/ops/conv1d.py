@@ -133,24 +133,31 @@ def _fn_native(
     pad_slot_id: int | None,
     null_block_id: int | None,
 ) -> Tensor:
-    """Prefill in the C kernel (arguments checked); returns ``(dim, T)``, channel-last."""
+    """Prefill in the C kernel (arguments checked); returns ``(dim, T)``, channel-last.
+
+    ``qsl``: ``(B+1,)`` int32/int64 offsets. Tensors already in the kernel's form are passed
+    as they are: no dispatcher op but the output's allocation in the common case.
+    """
     dim, T = x.shape
     x_in = x
     if x.stride(0) != 1 and dim > 1:
         x = x.t().contiguous().t()  # channel-last: the kernel vectorises over channels
-    yT = torch.empty(T, dim, dtype=x.dtype)
-    hi = None
-    if has_initial_state is not None:
-        hi = has_initial_state.reshape(-1).to(torch.bool).contiguous()
+    y = torch.empty_strided((dim, T), (1, dim), dtype=x.dtype)  # (T, dim) rows, seen as (dim, T)
+    hi = has_initial_state
+    if hi is not None and (hi.dtype != torch.bool or hi.dim() != 1 or not hi.is_contiguous()):
+        hi = hi.reshape(-1).to(torch.bool).contiguous()
+    q = _native_conv._index(qsl)
+    if not q.is_contiguous():
+        q = q.contiguous()
     slots = None if cache_indices is None else _native_conv._index(cache_indices)
     _native_conv.conv(
-        cdll, x, (0, x.stride(1), x.stride(0)), yT, (0, dim, 1), weight, bias, conv_states,
-        qsl.numel() - 1, 0, qsl.contiguous(), slots, hi, 0 if hi is None else 1, use_silu,
+        cdll, x, (0, x.stride(1), x.stride(0)), y, (0, dim, 1), weight, bias, conv_states,
+        q.numel() - 1, 0, q, slots, hi, 0 if hi is None else 1, use_silu,
         pad_slot_id if cache_indices is not None else None,
         null_block_id if cache_indices is not None else None,
         zero_skipped=True, split=True, mode=0,
     )  # fmt: skip
-    return _like_x(yT.t(), x_in)
+    return _like_x(y, x_in)
 
 
 def _update_native(
@@ -243,9 +250,9 @@ def causal_conv1d_fn(
     use_silu = silu_name(activation)
     dim, T = x.shape
     K = weight.shape[1] - 1
-    qsl = query_start_loc.to(torch.int64)
-    Bn = qsl.numel() - 1
-    Tv = int(qsl[-1])
+    Bn = query_start_loc.numel() - 1
+    # tolist(), not int(qsl[-1]): no dispatcher op (each costs tens of us with cold caches)
+    Tv = int(query_start_loc.tolist()[-1]) if Bn >= 0 else 0
     if Tv < T or Tv == 0:
         # A padded tail: the tokens past the last sequence are padding; their outputs are zero.
         full = torch.zeros_like(x)  # x's layout, as vLLM's empty_like(x)
@@ -258,9 +265,10 @@ def causal_conv1d_fn(
     cdll = _native_lib(weight, x, weight, bias, conv_states)
     if cdll is not None:  # the kernel reads the slots and skips pad/null requests itself
         return _fn_native(
-            cdll, x, weight, bias, conv_states, qsl, cache_indices, has_initial_state,
-            use_silu, pad_slot_id, null_block_id,
+            cdll, x, weight, bias, conv_states, query_start_loc, cache_indices,
+            has_initial_state, use_silu, pad_slot_id, null_block_id,
         )  # fmt: skip
+    qsl = query_start_loc.to(torch.int64)
     if cache_indices is not None:
         slots = cache_indices.to(torch.int64)
         valid = live_slots(slots, pad_slot_id, null_block_id)
