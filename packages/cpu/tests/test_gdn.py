@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from cpu_checks import close
+from cpu_checks import CountOps, close
 
 from mamba_backends import tuning
 from mamba_backends.reference import gdn as spec
@@ -396,3 +396,23 @@ def test_decay_underflow_and_zero_decay() -> None:
     )
     close(o3, o2, torch.float32)
     close(pool, f2, torch.float32)
+
+
+def test_native_decode_dispatches_no_reduction_copy_or_scalar_read(path: str) -> None:
+    """vLLM's decode step ([1, T] tensors, int32 offsets and slots, fp32 pool) reaches the C
+    kernel with the output's allocation and at most one view: the finiteness test runs in the
+    kernel (no torch sums, no scalar reads), the sequence table is a host array, the inputs
+    are read in place. Each ATen op costs tens of microseconds with cold caches."""
+    if path != "native":
+        pytest.skip("the native path's dispatch count")
+    H, HV, K, V, N = 2, 4, 16, 8, 5
+    q, k, v, g, beta = make(N, H, HV, K, V, torch.bfloat16, l2=True, seed=5)
+    pool = torch.randn(8, HV, V, K) * 0.5
+    args = dict(initial_state=pool, inplace_final_state=True,
+                cu_seqlens=torch.arange(N + 1, dtype=torch.int32),
+                ssm_state_indices=torch.tensor([6, -1, 2, 0, 3], dtype=torch.int32),
+                use_qk_l2norm_in_kernel=True)  # fmt: skip
+    cpu.fused_recurrent_gated_delta_rule(q, k, v, g, beta, **args)
+    with CountOps() as seen:
+        cpu.fused_recurrent_gated_delta_rule(q, k, v, g, beta, **args)
+    assert seen.ops[0] == "zeros" and len(seen.ops) <= 2 and set(seen.ops) <= {"zeros", "view"}

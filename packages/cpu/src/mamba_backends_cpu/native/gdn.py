@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+from array import array
 
 import torch
 from torch import Tensor
@@ -47,8 +48,12 @@ class MbGdnArgs(ctypes.Structure):
         ("sstate_out", _I * 4),
         ("nthreads", _I),
         ("token_block", _I),
+        ("check_finite", _I),
         ("scale", _F),
     ]
+
+
+_pack_gdn = _build.packer(MbGdnArgs)
 
 
 class MbGatingArgs(ctypes.Structure):
@@ -97,14 +102,34 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _addr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
 def _code(t: Tensor | None) -> int:
     return 0 if t is None else DTYPE_CODE[t.dtype]
 
 
-def _unit_last(x: Tensor, shape: tuple[int, int, int]) -> Tensor:
-    """``x`` as ``[tokens, heads, F]`` with a unit stride on ``F`` (a view when possible)."""
-    x = x.reshape(shape)
-    return x if x.stride(-1) == 1 or shape[-1] == 1 else x.contiguous()
+def _tokens(x: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
+    """``x`` read as ``shape`` (tokens first), and its strides there: ``x`` itself when it only
+    adds leading size-1 axes (vLLM's ``[1, T, ...]``: no view op, each costs microseconds),
+    else a reshape."""
+    if x.shape == shape:
+        return x, x.stride()
+    n = x.dim() - len(shape)
+    if n > 0 and tuple(x.shape[n:]) == shape and all(s == 1 for s in x.shape[:n]):
+        return x, x.stride()[n:]
+    y = x.reshape(shape)
+    return y, y.stride()
+
+
+def _unit_last(x: Tensor, shape: tuple[int, int, int]) -> tuple[Tensor, tuple[int, ...]]:
+    """``x`` as ``[tokens, heads, F]`` with a unit stride on ``F`` (no copy when possible)."""
+    x, st = _tokens(x, shape)
+    if st[-1] == 1 or shape[-1] == 1:
+        return x, st
+    y = x.reshape(shape).contiguous()
+    return y, y.stride()
 
 
 def gating(
@@ -138,8 +163,9 @@ def seq_table(
     ssm_state_indices: Tensor | None,
     num_accepted_tokens: Tensor | None,
     has_state: bool,
-) -> tuple[Tensor, int]:
-    """The ``seq: [N, 4]`` int64 table of :func:`delta_rule` and the longest run length.
+) -> tuple[Tensor | array[int], int]:
+    """The ``seq: [N, 4]`` int64 table of :func:`delta_rule` (an ``array("q")`` of ``N * 4``
+    up to :data:`SEQ_TABLE_LIST_MAX` sequences, else a tensor) and the longest run length.
 
     Row ``n``: first token (in the flattened ``B * T``), tokens to run (0 for a skipped
     sequence: empty, or a pad (< 0) / null (0) source slot when ``ssm_state_indices`` is
@@ -181,7 +207,7 @@ def _seq_table_lists(
     ssm_state_indices: Tensor | None,
     num_accepted_tokens: Tensor | None,
     has_state: bool,
-) -> tuple[Tensor, int]:
+) -> tuple[Tensor | array[int], int]:
     """:func:`seq_table` for decode-sized batches, on host lists."""
     if cu_seqlens is None:
         starts = [b * T for b in range(B)]
@@ -211,7 +237,7 @@ def _seq_table_lists(
         max_len = max(max_len, run)
         s = src[n] if has_state else -1
         flat += (starts[n], run, s, s if keep else -1)
-    return torch.tensor(flat, dtype=torch.int64).view(N, 4), max_len
+    return array("q", flat), max_len
 
 
 def delta_rule(
@@ -223,45 +249,59 @@ def delta_rule(
     o: Tensor,
     scale: float,
     l2norm: bool,
-    seq: Tensor,
+    seq: Tensor | array[int],
     state_in: Tensor | None,
     state_out: Tensor | None,
     dst_mode: int,
     dst2d: Tensor | None,
     max_len: int,
-) -> None:
+    check_finite: bool = False,
+) -> bool:
     """Run the delta-rule recurrence for every sequence, in one fused pass.
 
     ``q, k: [BT, H, K]``; ``v: [BT, HV, V]``; ``g: [B, T, HV]``; ``beta: [B, T, HV]`` or
-    ``[B, T, HV, V]`` or None (ones); ``o: [BT, HV, V]`` written (unit stride on ``V``);
+    ``[B, T, HV, V]`` or None (ones); ``o: [BT, HV, V]`` written (unit stride on ``V``); q, k,
+    v and o may also be given as ``[B, T, ...]`` (read in place when they merge);
     ``state_in``/``state_out``: ``[slots, HV, V, K]`` any strides (may be the same tensor);
     ``seq: [N, 4]`` int64 rows (first token, count, source slot, destination slot), see
     ``csrc/gdn.c`` for ``dst_mode`` and ``dst2d: [N, ncol]`` int64. The tile kernel runs when
     ``max_len`` exceeds the table's ``rows_max_tokens`` (:data:`TUNING_OP`), the rows kernel
-    otherwise.
+    otherwise. With ``check_finite`` the kernel first reads the inputs of every token that
+    runs and, on a NaN/inf (``g = -inf`` allowed), returns False having written nothing (the
+    fused forms match the spec's order of operations on finite inputs only).
     """
     lib = _lib()
     assert lib is not None
-    BT, H, K = q.shape
-    HV, V = v.shape[1], v.shape[2]
-    q = _unit_last(q, (BT, H, K))
-    k = _unit_last(k, (BT, H, K))
-    v = _unit_last(v, (BT, HV, V))
-    assert o.stride(-1) == 1 or V == 1
-    g2 = g.reshape(BT, HV)
-    b3 = None if beta is None else beta.reshape(BT, HV, V if beta.dim() == 4 else 1)
-    b_st = (0, 0, 0) if b3 is None else (*b3.stride()[:2], b3.stride(2) if b3.shape[2] > 1 else 0)
+    H, K = q.shape[-2], q.shape[-1]
+    HV, V = v.shape[-2], v.shape[-1]
+    BT = v.numel() // (HV * V) if HV * V else q.numel() // max(H * K, 1)
+    q, sq = _unit_last(q, (BT, H, K))
+    k, sk = _unit_last(k, (BT, H, K))
+    v, sv = _unit_last(v, (BT, HV, V))
+    o, so = _tokens(o, (BT, HV, V))
+    assert so[-1] == 1 or V == 1
+    g2, sg = _tokens(g, (BT, HV))
+    b_st: tuple[int, ...] = (0, 0, 0)
+    b3 = None
+    if beta is not None:
+        bv = V if beta.dim() == 4 else 1
+        b3, bst = _tokens(beta, (BT, HV, bv))
+        b_st = (bst[0], bst[1], bst[2] if bv > 1 else 0)
     cfg = cpu_config(TUNING_OP, K=K, V=V)
-    args = MbGdnArgs(
-        _ptr(q), _ptr(k), _ptr(v), _ptr(g2), _ptr(b3), _ptr(o), _ptr(state_in),
-        _ptr(state_out), _ptr(seq), _ptr(dst2d),
-        seq.shape[0], H, HV, K, V, int(l2norm), dst_mode,
+    if isinstance(seq, Tensor):
+        n_seq, seq_ptr = seq.shape[0], seq.data_ptr()
+    else:  # array('q') of N * 4 (decode batches: no torch op to build it)
+        n_seq, seq_ptr = len(seq) // 4, seq.buffer_info()[0]
+    args = _pack_gdn(
+        _addr(q), _addr(k), _addr(v), _addr(g2), _addr(b3), _addr(o), _addr(state_in),
+        _addr(state_out), seq_ptr, _addr(dst2d),
+        n_seq, H, HV, K, V, int(l2norm), dst_mode,
         0 if dst2d is None else dst2d.shape[1],
         _code(q), _code(k), _code(v), _code(g2), _code(b3), _code(o), _code(state_in),
-        _code(state_out), q.stride()[:2], k.stride()[:2], v.stride()[:2], g2.stride(), b_st,
-        o.stride()[:2], (0,) * 4 if state_in is None else state_in.stride(),
-        (0,) * 4 if state_out is None else state_out.stride(), torch.get_num_threads(),
-        cfg["token_block"], float(scale),
+        _code(state_out), *sq[:2], *sk[:2], *sv[:2], *sg, *b_st, *so[:2],
+        *((0,) * 4 if state_in is None else state_in.stride()),
+        *((0,) * 4 if state_out is None else state_out.stride()), torch.get_num_threads(),
+        cfg["token_block"], int(check_finite), float(scale),
     )  # fmt: skip
     fn = lib.mb_gdn_tiles if max_len > cfg["rows_max_tokens"] else lib.mb_gdn_rows
-    _build.call(fn, args)
+    return _build.call(fn, args, allow=(_build.NONFINITE,)) == 0

@@ -440,8 +440,58 @@ static void gdn_tiles(const void* q, const void* k, const void* x, const void* g
 _Static_assert(offsetof(MbGdnArgs, sstate_out) + 4 * 8 - offsetof(MbGdnArgs, N) ==
                    MB_GDN_NPRM * 8, "MbGdnArgs: N .. sstate_out are one int64 array");
 
+/* Whether the n elements at p (stride s, dtype dt) are finite, by their exponent bits; with
+   allow_ninf, -inf counts as finite (a gate that resets the state). */
+static int finite_n(const void* p, int dt, int64_t n, int64_t s, int allow_ninf) {
+    int bad = 0;
+    if (dt == MB_F32) {
+        const uint32_t* u = (const uint32_t*)p;
+        for (int64_t i = 0; i < n; ++i) {
+            const uint32_t b = u[i * s];
+            bad |= ((b & 0x7f800000u) == 0x7f800000u) & !(allow_ninf && b == 0xff800000u);
+        }
+    } else {
+        const uint16_t* u = (const uint16_t*)p;
+        const uint16_t em = dt == MB_BF16 ? 0x7f80u : 0x7c00u;
+        const uint16_t ninf = dt == MB_BF16 ? 0xff80u : 0xfc00u;
+        for (int64_t i = 0; i < n; ++i) {
+            const uint16_t b = u[i * s];
+            bad |= ((b & em) == em) & !(allow_ninf && b == ninf);
+        }
+    }
+    return !bad;
+}
+
+/* Whether every input of every token that runs is finite: q, k, v, beta, and g but for -inf.
+   (The fused forms equal the spec's order of operations on finite inputs only; the caller
+   runs that order itself when this fails. Tokens of skipped sequences are never read.) */
+static int gdn_inputs_finite(const MbGdnArgs* a) {
+    const int dq = (int)a->dq, dk = (int)a->dk, dv = (int)a->dv, dg = (int)a->dg;
+    const int db = (int)a->dbeta;
+    for (int64_t n = 0; n < a->N; ++n) {
+        const int64_t t0 = a->seq[4 * n], t1 = t0 + a->seq[4 * n + 1];
+        for (int64_t t = t0; t < t1; ++t) {
+            for (int64_t h = 0; h < a->H; ++h)
+                if (!finite_n(mb_elem(a->q, dq, t * a->sq[0] + h * a->sq[1]), dq, a->K, 1, 0) ||
+                    !finite_n(mb_elem(a->k, dk, t * a->sk[0] + h * a->sk[1]), dk, a->K, 1, 0))
+                    return 0;
+            for (int64_t hv = 0; hv < a->HV; ++hv) {
+                if (!finite_n(mb_elem(a->v, dv, t * a->sv[0] + hv * a->sv[1]), dv, a->V, 1, 0) ||
+                    !finite_n(mb_elem(a->g, dg, t * a->sg[0] + hv * a->sg[1]), dg, 1, 1, 1))
+                    return 0;
+                const int64_t nb = a->sbeta[2] ? a->V : 1;
+                if (a->beta && !finite_n(mb_elem(a->beta, db, t * a->sbeta[0] + hv * a->sbeta[1]),
+                                         db, nb, a->sbeta[2], 0))
+                    return 0;
+            }
+        }
+    }
+    return 1;
+}
+
 int mb_gdn_rows(const MbGdnArgs* a, int64_t args_size) {
     MB_CHECK_ARGS(a, args_size);
+    if (a->check_finite && !gdn_inputs_finite(a)) return MB_ENONFINITE;
     int64_t prm[MB_GDN_NPRM];
     memcpy(prm, &a->N, sizeof prm);
     gdn_rows(a->q, a->k, a->v, a->g, a->beta, a->o, a->state_in, a->state_out, a->seq,
@@ -451,6 +501,7 @@ int mb_gdn_rows(const MbGdnArgs* a, int64_t args_size) {
 
 int mb_gdn_tiles(const MbGdnArgs* a, int64_t args_size) {
     MB_CHECK_ARGS(a, args_size);
+    if (a->check_finite && !gdn_inputs_finite(a)) return MB_ENONFINITE;
     int64_t prm[MB_GDN_NPRM];
     memcpy(prm, &a->N, sizeof prm);
     gdn_tiles(a->q, a->k, a->v, a->g, a->beta, a->o, a->state_in, a->state_out, a->seq,

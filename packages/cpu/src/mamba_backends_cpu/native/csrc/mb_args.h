@@ -12,10 +12,11 @@
 
 #include <stdint.h>
 
-#define MB_ABI_VERSION 2
+#define MB_ABI_VERSION 3
 #define MB_OK 0
 #define MB_EABI (-1)   /* argument block of the wrong size */
 #define MB_ENOMEM (-2) /* an allocation failed */
+#define MB_ENONFINITE (-3) /* check_finite found a NaN/inf input; nothing was written */
 
 /* mb_scan_f32: u, dt, y (T, Dm); B, C (T, G, N); A (Dm, N); h (S, Dm, N) in/out; all
    contiguous fp32. */
@@ -96,6 +97,8 @@ typedef struct {
     int64_t sstate_in[4], sstate_out[4];                         /* (slot, hv, v, k) */
     int64_t nthreads;
     int64_t token_block; /* tile kernel: tokens prepared per block (tunable, >= 1) */
+    int64_t check_finite; /* refuse (MB_ENONFINITE) a NaN/inf q/k/v/beta or NaN/+inf g of a
+                             token that runs, before anything is written */
     float scale;
 } MbGdnArgs;
 
