@@ -90,8 +90,9 @@ def _both(a, meta, T, H, P, dtype, **kw):
         ((1, 130, 2), 256, (0, 0, 5), 4, None),  # chunk_size > BLOCK_L: sub-blocks
     ],
 )
-def test_matches_spec_with_initial_states(dtype, lens, chunk, ctx, G, D):
-    H, P, N = 4, 8, 16
+@pytest.mark.parametrize("P", [8, 16])  # 16: P fills BLOCK_P, the unmasked (EVEN_P) kernel
+def test_matches_spec_with_initial_states(dtype, lens, chunk, ctx, G, D, P):
+    H, N = 4, 16
     a, meta = _inputs(lens, H, P, N, G, dtype, seed=len(lens), ctx=ctx, chunk=chunk, D=D)
     # Initial states as a gathered view of a strided pool: (slots, N, P, H) transposed.
     pool = _rand(len(lens) + 2, N, P, H, seed=9).permute(0, 3, 2, 1)

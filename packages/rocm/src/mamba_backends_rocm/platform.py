@@ -11,9 +11,10 @@ from mamba_backends_rocm._native import known_status, native_status
 
 #: The Triton backend per mamba type on AMD GPUs: the shared kernels of
 #: ``mamba-backends-triton`` with this package's wave64 tuning tables (``tuning/*.json``).
-#: ``mamba2`` is served too, although the fused SSD kernel spills scalar registers on
-#: gfx90a/gfx942/gfx950 (a known failure of the compile check): SGPR spills go to VGPR lanes
-#: or scratch, which costs time, not correctness, and the alternative here is the float64 spec.
+#: ``mamba2`` is served by the fused SSD kernel, which compiles without register spills on
+#: gfx90a/gfx942/gfx950 for unpadded shapes (P a multiple of BLOCK_P, N a power of two: every
+#: Mamba2 model). Padded P/N still spill SGPRs (a known failure of the compile check's masked
+#: variants): SGPR spills go to VGPR lanes or scratch, which costs time, not correctness.
 ROCM_BACKENDS: dict[str, str] = {
     "mamba1": "mamba_backends_triton.backends.TritonMamba1Backend",
     "mamba2": "mamba_backends_triton.backends.TritonMamba2Backend",

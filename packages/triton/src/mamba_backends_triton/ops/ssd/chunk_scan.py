@@ -17,18 +17,28 @@ Numerics:
 
 - the decay exponents are direct sums, never differences of cumulative sums (those lose the
   digits that matter when ``A dt`` reaches -1e4 per token): ``seg[i, j] = sum_{j<k<=i} a_k`` is
-  a cumulative sum over a masked (L, L) matrix; it is <= 0 for a negative ``A``, so nothing
-  overflows, and the decay matrix is a ``where`` on the causal part;
+  a cumulative sum over a masked (L, L) matrix, ``c_i`` a sum over the masked rows of one; it
+  is <= 0 for a negative ``A``, so nothing overflows, and the decay matrix is a ``where`` on
+  the causal part;
 - a sub-block with a NaN or infinite ``x``, ``B``, ``C`` or step size runs the spec's token
-  recurrence instead (a loop over its tokens with the state in registers): in a product form
-  ``0 * inf`` would reach the rows before the bad token and the signs of infinities would mix
-  in another order, so NaN/inf now reach exactly the outputs they reach in the spec;
+  recurrence instead (a loop over its tokens with the state in registers, each token's row
+  taken bit for bit from the tiles already loaded): in a product form ``0 * inf`` would reach
+  the rows before the bad token and the signs of infinities would mix in another order, so
+  NaN/inf now reach exactly the outputs they reach in the spec;
 - dot operands are the inputs' 16-bit dtype (the decay matrix, ``x w`` and the state are
   rounded to it, as vLLM's kernels do) with float32 accumulation. Float32 (or mixed-dtype)
   inputs keep float32 accuracy, never TF32: ``F32_DOT="ieee"`` (split-operand tensor-core
   modes, ``tf32x3``/``bf16x3``, spilled registers in the compile check at every tile size).
 
-Offsets are int64; every load is masked (tiles are padded to ``tl.dot`` s minimum of 16).
+Offsets are int64 (token indices int32: T < 2**31); every load is masked on the tokens, and
+on the channels and state columns unless ``EVEN_P`` (P % BLOCK_P == 0) or ``EVEN_N``
+(N == BLOCK_N) says there is no padding there (tiles are padded to ``tl.dot`` s minimum of 16).
+
+Registers (AMD): every boolean per element that is loop-invariant (a padding mask, the lane
+masks of a scan) is hoisted out of the scan and holds a 64-bit scalar register pair on wave64
+for all of it, next to the ~45 scalar arguments; hence the EVEN specialisations, the int32
+token indices, ``c_i`` and ``dead`` as masked row reductions rather than scans, the non-finite
+check as plain maxima and the recurrence reading the loaded tiles (no second set of loads).
 """
 
 from __future__ import annotations
@@ -80,8 +90,17 @@ def _decay(v, e, dead):
 
 @triton.jit
 def _nonfinite(v):
-    """How many elements of the 2-D block v are NaN or infinite."""
-    return tl.sum(tl.sum(((v != v) | (tl.abs(v) == float("inf"))).to(tl.int32), 1), 0)
+    """1 where the block v is NaN or infinite, else 0 (int32, same shape)."""
+    v = v.to(tl.float32)
+    return ((v != v) | (tl.abs(v) == float("inf"))).to(tl.int32)
+
+
+@triton.jit
+def _row(v, sel):
+    """Row ``sel`` (a one-hot (L,) mask) of the float32 block v (L, K), as (K,), bit for bit
+    (an integer sum of one non-zero word keeps -0.0 and NaN payloads)."""
+    bits = tl.where(sel[:, None], v.to(tl.int32, bitcast=True), 0)
+    return tl.sum(bits, 0).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -91,6 +110,18 @@ def _mm(a, b, acc, F32_DOT: tl.constexpr, dot_ty: tl.constexpr):
     if F32_DOT is not None:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=F32_DOT)
     return tl.dot(a.to(dot_ty), b.to(dot_ty), acc)
+
+
+@triton.jit
+def _emit(y, x, D_p, z_h, o_h, tt, stride_z_t, stride_o_t, tp_ok, HAS_D: tl.constexpr,
+          HAS_Z: tl.constexpr):  # fmt: skip
+    """out rows tt = (y + D x) * silu(z) (the optional terms where present), y and x (L, P)."""
+    if HAS_D:
+        y += x * D_p[None, :]
+    if HAS_Z:
+        zt = tl.load(z_h + tt * stride_z_t, mask=tp_ok, other=0.0).to(tl.float32)
+        y = y * (zt * tl.sigmoid(zt))
+    tl.store(o_h + tt * stride_o_t, y.to(o_h.dtype.element_ty), mask=tp_ok)
 
 
 @triton.jit
@@ -106,7 +137,7 @@ def _ssd_varlen_kernel(
     stride_s_b, stride_s_h, stride_s_p, stride_s_n,
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     HAS_INIT: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_SLOTS: tl.constexpr,
-    STATE_MODE: tl.constexpr, F32_DOT: tl.constexpr,
+    STATE_MODE: tl.constexpr, F32_DOT: tl.constexpr, EVEN_P: tl.constexpr, EVEN_N: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Sequence ``program_id(0)``, head ``program_id(1)``, channels of P block
@@ -123,8 +154,15 @@ def _ssd_varlen_kernel(
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     r = tl.arange(0, BLOCK_L)
-    p_ok = p < P
-    n_ok = n < N
+    # EVEN_P / EVEN_N: no padding channels / state columns, the masks fold away.
+    if EVEN_P:
+        p_ok = tl.full([BLOCK_P], 1, tl.int1)
+    else:
+        p_ok = p < P
+    if EVEN_N:
+        n_ok = tl.full([BLOCK_N], 1, tl.int1)
+    else:
+        n_ok = n < N
     pn_ok = p_ok[:, None] & n_ok[None, :]
     p64 = p.to(tl.int64)
     n64 = n.to(tl.int64)
@@ -141,6 +179,8 @@ def _ssd_varlen_kernel(
         else:
             D_p = tl.load(D_ptr + h64 * stride_D_h + p64 * 0, mask=p_ok, other=0.0)
         D_p = D_p.to(tl.float32)
+    else:
+        D_p = 0.0
     # This sequence's chunks: (last chunk of b-1, last chunk of b].
     c_first = tl.load(last_chunk_ptr + b - 1, mask=b > 0, other=-1) + 1
     c_last = tl.load(last_chunk_ptr + b)
@@ -160,11 +200,12 @@ def _ssd_varlen_kernel(
     B_g = B_ptr + g * stride_B_g + n[None, :] * stride_B_n
     C_g = C_ptr + g * stride_C_g + n[None, :] * stride_C_n
     for c in range(c_first, c_last + 1):
-        t_begin = tl.load(cu_chunk_ptr + c).to(tl.int64)
-        t_end = tl.load(cu_chunk_ptr + c + 1).to(tl.int64)
+        t_begin = tl.load(cu_chunk_ptr + c).to(tl.int32)
+        t_end = tl.load(cu_chunk_ptr + c + 1).to(tl.int32)
         for t0 in range(t_begin, t_end, BLOCK_L):
-            t = t0 + r
-            t_ok = t < t_end
+            t32 = t0 + r
+            t = t32.to(tl.int64)
+            t_ok = t32 < t_end
             tp_ok = t_ok[:, None] & p_ok[None, :]
             tn_ok = t_ok[:, None] & n_ok[None, :]
             dt_t = tl.load(dt_ptr + t * stride_dt_t + h64 * stride_dt_h, mask=t_ok, other=0.0)
@@ -176,66 +217,63 @@ def _ssd_varlen_kernel(
             x = tl.load(x_h + tt * stride_x_t, mask=tp_ok, other=0.0).to(tl.float32)  # (L, P)
             B = tl.load(B_g + tt * stride_B_t, mask=tn_ok, other=0.0)  # (L, N)
             C = tl.load(C_g + tt * stride_C_t, mask=tn_ok, other=0.0)  # (L, N)
-            bad = _nonfinite(x) + _nonfinite(B.to(tl.float32)) + _nonfinite(C.to(tl.float32))
-            bad += tl.sum(((dt_t != dt_t) | (tl.abs(dt_t) == float("inf"))).to(tl.int32), 0)
+            bad = tl.max(tl.max(_nonfinite(x), 1), 0) + tl.max(_nonfinite(dt_t), 0)
+            bad += tl.max(tl.max(_nonfinite(B), 1), 0) + tl.max(tl.max(_nonfinite(C), 1), 0)
             if bad > 0:
                 # Non-finite inputs: the spec's token recurrence for this sub-block, so that NaN
                 # and inf reach exactly the outputs they reach there (a product form would
-                # spread them, 0 * inf, or mix their signs differently).
-                for ti in range(t0, tl.minimum(t0 + BLOCK_L, t_end)):
-                    dt_i = tl.load(dt_ptr + ti * stride_dt_t + h64 * stride_dt_h).to(tl.float32)
-                    dt_i = _dt(dt_i, bias_h, dt_lo, dt_hi, HAS_DT_BIAS, DT_SOFTPLUS)
-                    x_i = tl.load(x_h + ti * stride_x_t, mask=p_ok[None, :], other=0.0)
-                    x_i = x_i.to(tl.float32)  # (1, P)
-                    B_i = tl.load(B_g + ti * stride_B_t, mask=n_ok[None, :], other=0.0)
-                    C_i = tl.load(C_g + ti * stride_C_t, mask=n_ok[None, :], other=0.0)
-                    a_i = A_h * dt_i
-                    s = _decay(s, a_i, a_i < EXP_F64_ZERO) + tl.trans(dt_i * x_i) * B_i.to(
-                        tl.float32
-                    )
+                # spread them, 0 * inf, or mix their signs differently). Its tokens are the rows
+                # of the tiles already loaded, taken bit for bit.
+                Bf = B.to(tl.float32)
+                Cf = C.to(tl.float32)
+                y = tl.zeros([BLOCK_L, BLOCK_P], dtype=tl.float32)
+                for i in range(0, tl.minimum(t_end - t0, BLOCK_L)):
+                    sel = r == i
+                    dt_i = _row(dt_t[:, None], sel)  # (1,)
+                    x_i = _row(x, sel)  # (P,)
+                    B_i = _row(Bf, sel)  # (N,)
+                    C_i = _row(Cf, sel)
+                    a_i = A_h * dt_i[None, :]
+                    s = _decay(s, a_i, a_i < EXP_F64_ZERO) + (dt_i * x_i)[:, None] * B_i[None, :]
                     s = tl.where(n_ok[None, :], s, 0.0)  # padding columns: inf * 0 must not stay
-                    y_i = tl.sum(s * C_i.to(tl.float32), 1)[None, :]  # (1, P)
-                    if HAS_D:
-                        y_i += x_i * D_p[None, :]
-                    if HAS_Z:
-                        z_i = tl.load(z_h + ti * stride_z_t, mask=p_ok[None, :], other=0.0)
-                        z_i = z_i.to(tl.float32)
-                        y_i = y_i * (z_i * tl.sigmoid(z_i))
-                    o_i = y_i.to(out_ptr.dtype.element_ty)
-                    tl.store(o_h + ti * stride_o_t, o_i, mask=p_ok[None, :])
+                    y_i = tl.sum(s * C_i[None, :], 1)  # (P,)
+                    if F32_DOT is None:
+                        y = tl.where(sel[:, None], y_i[None, :], y)
+                    else:
+                        _emit(y_i[None, :], x_i[None, :], D_p, z_h, o_h, tl.cast(t0 + i, tl.int64),
+                              stride_z_t, stride_o_t, p_ok[None, :], HAS_D, HAS_Z)  # fmt: skip
+                # (the float32 form writes token by token, the others a tile: what keeps each
+                # within registers on NVIDIA; the values are the same)
+                if F32_DOT is None:
+                    _emit(y, x, D_p, z_h, o_h, tt, stride_z_t, stride_o_t, tp_ok, HAS_D, HAS_Z)
             else:
                 # Decay exponents as direct sums (no differences of large cumulative sums, which
                 # lose the digits that matter under strong gates): cum[i] = sum_{k <= i} a_k,
                 # seg[i, j] = sum_{j < k <= i} a_k.
                 a = A_h * dt_t
-                cum = tl.cumsum(a, 0)  # (L,)
-                rel = (t - t_begin).to(tl.int32)  # int32: (L, L) int64 masks cost registers
+                rel = t32 - t_begin  # int32: (L, L) int64 masks cost registers
+                # (masked row sums, not scans: a scan's lane masks stay live through the loop)
+                cum = tl.sum(tl.where(rel[None, :] <= rel[:, None], a[None, :], 0.0), 1)  # (L,)
                 seg = tl.cumsum(tl.where(rel[:, None] > rel[None, :], a[:, None], 0.0), 0)
-                last = rel[:, None] == (t0 + BLOCK_L - 1 - t_begin).to(
-                    tl.int32
-                )  # padded rows add 0
+                last = rel[:, None] == t0 + BLOCK_L - 1 - t_begin  # padded rows add 0
                 to_end = tl.sum(tl.where(last, seg, 0.0), 0)  # sum_{j < k} a_k, (L,)
                 total = tl.sum(a, 0)
 
                 # The state this sub-block entered with, then its own tokens through the masked
                 # decay matrix (L, L).
-                dead = tl.cumsum((a < EXP_F64_ZERO).to(tl.int32), 0) > 0  # (L,)
+                gone = (a < EXP_F64_ZERO).to(tl.int32)
+                dead = tl.max(tl.where(rel[None, :] <= rel[:, None], gone[None, :], 0), 1) > 0
                 y = _mm(C, tl.trans(s), None, F32_DOT, dot_ty)
                 y = _decay(y, cum[:, None], dead[:, None])
                 CB = _mm(C, tl.trans(B), None, F32_DOT, dot_ty)
                 causal = rel[:, None] >= rel[None, :]
                 M = tl.where(causal, CB * tl.exp(seg) * dt_t[None, :], 0.0)
                 y = _mm(M, x, y, F32_DOT, dot_ty)
-                if HAS_D:
-                    y += x * D_p[None, :]
-                if HAS_Z:
-                    zt = tl.load(z_h + tt * stride_z_t, mask=tp_ok, other=0.0).to(tl.float32)
-                    y = y * (zt * tl.sigmoid(zt))
-                tl.store(o_h + tt * stride_o_t, y.to(out_ptr.dtype.element_ty), mask=tp_ok)
+                _emit(y, x, D_p, z_h, o_h, tt, stride_z_t, stride_o_t, tp_ok, HAS_D, HAS_Z)
 
                 # The state after this sub-block.
                 xw = x * (tl.exp(to_end) * dt_t)[:, None]  # (L, P)
-                dead_all = tl.sum((a < EXP_F64_ZERO).to(tl.int32), 0) > 0
+                dead_all = tl.sum(gone, 0) > 0
                 s = _mm(tl.trans(xw), B, _decay(s, total, dead_all), F32_DOT, dot_ty)
         if STATE_MODE == 1:
             s_pn = p64[:, None] * stride_s_p + n64[None, :] * stride_s_n

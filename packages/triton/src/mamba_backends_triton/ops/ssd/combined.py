@@ -113,6 +113,8 @@ def mamba_chunk_scan_combined_varlen(
         )
     T, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
+    if T >= 2**31:
+        raise NotImplementedError(f"{OP}: {T} tokens; the kernel indexes tokens in int32")
     batch = cu_seqlens.shape[0] - 1
     nchunks = cu_chunk_seqlens.shape[0] - 1
     if final_states_out is not None:
@@ -147,6 +149,7 @@ def mamba_chunk_scan_combined_varlen(
         HAS_DT_BIAS=dt_bias is not None, HAS_INIT=initial_states is not None,
         DT_SOFTPLUS=bool(dt_softplus), HAS_SLOTS=final_state_indices is not None,
         STATE_MODE=mode, F32_DOT=_f32_dot(x, B, C),
+        EVEN_P=P % blocks["BLOCK_P"] == 0, EVEN_N=N == blocks["BLOCK_N"],
         **blocks, **_options(cfg),
     )  # fmt: skip
     return None if final_states_out is not None else states
@@ -177,8 +180,10 @@ _UNIT = {
 }  # fmt: skip
 _NONE = {
     "HAS_D": False, "D_PER_P": False, "HAS_Z": False, "HAS_DT_BIAS": False, "HAS_INIT": False,
-    "DT_SOFTPLUS": False, "HAS_SLOTS": False,
+    "DT_SOFTPLUS": False, "HAS_SLOTS": False, "EVEN_P": True, "EVEN_N": True,
 }  # fmt: skip
+#: P a multiple of BLOCK_P and N a power of two (every Mamba2 model: P 64, N 64/128): what the
+#: launcher passes as EVEN_P/EVEN_N, no padding masks on channels and state columns.
 _VARIANTS = (
     Variant(
         "vLLM 0.33: bf16, fp32 pool scatter, D (H,), z, N128",
@@ -218,12 +223,22 @@ _VARIANTS = (
         },
     ),  # fmt: skip
 )
-#: AMD: the fused kernel spills 34-70 SGPRs on gfx90a/gfx942/gfx950 with every config tried
-#: (4 and 8 warps; its ~45 scalar arguments and int64 offsets). No ROCm platform selects it yet;
-#: fixing it (fewer scalar arguments, or the split chunk-state/state-passing/chunk-scan form) is
-#: open work, listed here so the compile check shows it instead of hiding it.
-_KNOWN_FAILURES = {"hip:": "SGPR spills on AMD, open (the fused SSD kernel is not AMD-ready)"}
+#: The same specialisations with padding channels and state columns (P not a multiple of
+#: BLOCK_P, N not a power of two: EVEN_P/EVEN_N false, every load and store masked on them).
+_MASKED_VARIANTS = tuple(
+    Variant(f"{v.name}, P/N padded", v.pointers, {**v.constexprs, "EVEN_P": False, "EVEN_N": False})
+    for v in _VARIANTS
+)
+#: AMD, padded P/N only: the per-element channel/column masks are loop-invariant, so they are
+#: hoisted out of the scan and each holds a 64-bit scalar register pair (wave64) through it;
+#: with the kernel's ~45 scalar arguments that spills 19-42 SGPRs on gfx90a/gfx942/gfx950
+#: (num_warps 8). Open; listed so the compile check shows it. The unpadded shapes above (every
+#: real model) compile without spills on AMD.
+_KNOWN_FAILURES = {"hip:": "SGPR spills on AMD with padded P/N (masks), open"}
 
 COMPILE_CHECKS = (
-    KernelCheck(_ssd_varlen_kernel, OP, _VARIANTS, _check_launch, known_failures=_KNOWN_FAILURES),
+    KernelCheck(_ssd_varlen_kernel, OP, _VARIANTS, _check_launch),
+    KernelCheck(
+        _ssd_varlen_kernel, OP, _MASKED_VARIANTS, _check_launch, known_failures=_KNOWN_FAILURES
+    ),
 )
