@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mamba_backends._env import getenv
 from mamba_backends.tuning._tables import (
     GROUP,
     Entry,
@@ -83,7 +84,7 @@ def generation() -> int:
     """A counter bumped whenever a lookup may answer differently: :func:`clear_tuning_cache`,
     :func:`override` enter/exit, a new ``MAMBA_BACKENDS_TUNING_DIR``. Memoise on
     ``(generation(), ...)`` to stay correct."""
-    _sync_env(os.environ.get(ENV_DIR) or None)
+    _sync_env(getenv(ENV_DIR) or None)
     return _generation
 
 

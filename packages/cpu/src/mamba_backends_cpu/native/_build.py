@@ -42,6 +42,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from mamba_backends._env import getenv
+
 logger = logging.getLogger(__name__)
 
 #: Folder of the C sources (package data).
@@ -114,7 +116,7 @@ def register(lib: Library) -> Library:
 
 def enabled() -> bool:
     """False when ``MAMBA_BACKENDS_CPU_NATIVE=0`` (read at every call: tests flip it)."""
-    return os.environ.get(ENV_NATIVE, "1") != "0"
+    return getenv(ENV_NATIVE) != "0"
 
 
 def march() -> str:

@@ -44,6 +44,8 @@ class MbConvArgs(ctypes.Structure):
     ]
 
 
+_pack_conv = _build.packer(MbConvArgs)
+
 LIBRARY = _build.register(
     _build.Library(name="conv", sources=("conv.c", "abi.c"), kernels={"mb_conv": MbConvArgs})
 )
@@ -56,7 +58,7 @@ def lib() -> ctypes.CDLL | None:
 
 def supported(*tensors: Tensor | None) -> bool:
     """Whether every given tensor is a CPU tensor of a dtype the kernel reads."""
-    return all(t is None or (t.dtype in DTYPE_CODE and t.device.type == "cpu") for t in tensors)
+    return all(t is None or (t.dtype in DTYPE_CODE and t.is_cpu) for t in tensors)
 
 
 def _index(t: Tensor) -> Tensor:
@@ -108,11 +110,11 @@ def conv(
     dim, W = weight.shape
     pad, null = pad_slot_id, null_block_id
 
-    def ptr(t: Tensor | None) -> int | None:
-        return None if t is None else t.data_ptr()
+    def ptr(t: Tensor | None) -> int:
+        return 0 if t is None else t.data_ptr()
 
     cfg = cpu_config(TUNING_OP, dim=dim, W=W)
-    args = MbConvArgs(
+    args = _pack_conv(
         ptr(x), ptr(y), ptr(states), ptr(weight), ptr(bias), ptr(qsl), ptr(slots),
         ptr(has_init), B, L, dim, W,
         DTYPE_CODE[x.dtype], *x_strides,
