@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from cpu_checks import close
+from cpu_checks import CountOps, close
 
 from mamba_backends.reference import state_update as spec
 from mamba_backends_cpu.native import ssm as _native
@@ -106,6 +106,62 @@ def test_mamba1_form_and_dst_slots(path, state_dtype) -> None:
     close(state, ref_state, state_dtype)
     for s in (0, 1, 2, 3, 5):
         assert torch.equal(state[s], before[s])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("N", [16, 4100])  # 4100: rows wider than the kernel's B/C buffer
+def test_params_in_model_dtype_and_strided_rows(path, dtype, tied, N) -> None:
+    """vLLM's Mamba2 mixer keeps D and dt_bias in the model dtype (A in fp32): every input is
+    read in its own dtype, B/C rows with a non-unit stride, and ``out`` written in x's."""
+    gen = torch.Generator().manual_seed(17)
+    b, H, P, G = 3, 2, 4, 1
+    state = state_pool(6, H, P, N, torch.float32, "contig", gen)
+    x, dt, A, B, C, D, dt_bias, z = inputs(b, H, P, N, G, dtype, tied, gen)
+    D, dt_bias = D.to(dtype), dt_bias.to(dtype)
+    if not tied:
+        A = A.to(dtype)
+    B = torch.randn(b, G, 2 * N, generator=gen).to(dtype)[..., ::2]  # n stride 2
+    C = torch.randn(b, G, N, 2, generator=gen).to(dtype)[..., 1]
+    idx = torch.tensor([4, -1, 1], dtype=torch.int64)
+    ref_state, before = state.clone(), state.clone()
+    args = (x, dt, A, B, C, D, dt_bias)
+    kw: dict[str, Any] = dict(z=z, dt_softplus=True, state_batch_indices=idx)
+    out = torch.full((b, H, P), 5.0, dtype=dtype)
+    cpu.selective_state_update(state, *args, **kw, out=out)
+    ref = spec.selective_state_update(
+        ref_state, *args, **kw, out=torch.full((b, H, P), 5.0, dtype=dtype)
+    )
+    close(out, ref, dtype)
+    close(state, ref_state, torch.float32)
+    assert torch.equal(out[1], torch.full_like(out[1], 5.0))  # pad row untouched
+    for s in (0, 2, 3, 5):
+        assert torch.equal(state[s], before[s]), f"slot {s} changed"
+
+
+def test_native_decode_converts_nothing(path) -> None:
+    """vLLM's Mamba2 decode step (bf16 activations and D/dt_bias, fp32 A and pool, stride-0
+    expansions, int32 slots, preallocated out) reaches the C kernel without a conversion copy
+    or an allocation: the kernel reads every input in its own dtype. Each ATen op costs tens
+    of microseconds with cold caches."""
+    if path != "native":
+        pytest.skip("the native path's dispatch count")
+    gen = torch.Generator().manual_seed(18)
+    b, H, P, N, G = 4, 3, 8, 16, 1
+    bf = torch.bfloat16
+    state = state_pool(6, H, P, N, torch.float32, "contig", gen)
+    x, dt, A, B, C, D, dt_bias, _ = inputs(b, H, P, N, G, bf, True, gen, z=False)
+    D = torch.randn(H, generator=gen).to(bf)[:, None].expand(H, P)
+    dt_bias = torch.randn(H, generator=gen).to(bf)[:, None].expand(H, P)
+    kw: dict[str, Any] = dict(
+        D=D, dt_bias=dt_bias, dt_softplus=True,
+        state_batch_indices=torch.tensor([5, 0, 2, 3], dtype=torch.int32),
+        out=torch.empty(b, H, P, dtype=bf),
+    )  # fmt: skip
+    cpu.selective_state_update(state, x, dt, A, B, C, **kw)
+    with CountOps() as seen:
+        cpu.selective_state_update(state, x, dt, A, B, C, **kw)
+    assert set(seen.ops) <= {"slice", "select", "view"}, seen.ops
 
 
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 #: Folder of the C sources (package data).
 CSRC = Path(__file__).parent / "csrc"
 #: Must equal ``MB_ABI_VERSION`` in ``csrc/mb_args.h``.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 ENV_NATIVE = "MAMBA_BACKENDS_CPU_NATIVE"
 ENV_CACHE = "MAMBA_BACKENDS_CPU_CACHE"

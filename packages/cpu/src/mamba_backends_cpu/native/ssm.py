@@ -90,7 +90,13 @@ class MbSsuArgs(ctypes.Structure):
         ("s_x", _I * 3),
         ("s_src", _I),
         ("s_dst", _I),
+        ("dts", _I * 9),
     ]
+
+
+#: ``MB_SSU_NMAX`` in ``csrc/mb_args.h``: wider B/C rows are passed as fp32.
+SSU_NMAX = 4096
+_pack_ssu = _build.packer(MbSsuArgs)
 
 
 LIBRARY = _build.register(
@@ -152,10 +158,12 @@ def _f32(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
-def _row_major_last(t: Tensor) -> Tensor:
-    """fp32 with a unit stride on the last axis (B and C rows are read as vectors)."""
-    t = _f32(t)
-    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+def _rows(t: Tensor, N: int) -> Tensor:
+    """``B``/``C`` as the kernel reads them: a unit stride on the last axis, and fp32 when
+    the rows are wider than the kernel's conversion buffer."""
+    if N > SSU_NMAX:
+        t = _f32(t)
+    return t if t.stride(-1) == 1 or N == 1 else t.contiguous()
 
 
 def ssu(
@@ -181,32 +189,41 @@ def ssu(
     ``src``/``dst``: ``(R,)`` int32/int64 slots (any stride) or None (slot ``r``); a pad/null
     source skips the request (its ``out`` rows untouched), a pad/null destination is not
     written. ``x``, ``dt``, ``z``: ``(R, H, P)``; ``dt_bias``, ``D``: ``(H, P)``; ``A``:
-    ``(H, P, N)``; ``B``, ``C``: ``(R, G, N)``; ``out``: ``(R, H, P)`` fp32, written in place.
-    Any strides (zero included): with ``tied``, ``dt``/``dt_bias``/``A`` are read at
+    ``(H, P, N)``; ``B``, ``C``: ``(R, G, N)``; ``out``: ``(R, H, P)``, written in place.
+    Any strides (zero included) and any of fp32/bf16/fp16 each, read and written in place
+    (``A`` is made fp32 unless ``tied``): with ``tied``, ``dt``/``dt_bias``/``A`` are read at
     ``p = n = 0`` only.
     """
     assert _lib is not None
     R, H, P = x.shape
-    x, dt, A = _f32(x), _f32(dt), _f32(A)
-    B, C = _row_major_last(B), _row_major_last(C)
-    dtb = _f32(dt_bias) if dt_bias is not None else None
-    Df = _f32(D) if D is not None else None
-    zf = _f32(z) if z is not None else None
+    N = state.shape[-1]
+    if not tied:
+        A = _f32(A)
+    B, C = _rows(B, N), _rows(C, N)
     if src is not None and dst is not None and src.dtype != dst.dtype:
         src, dst = src.to(torch.int64), dst.to(torch.int64)
     idx = src if src is not None else dst
-    args = MbSsuArgs(
-        _p(state), _p(src), _p(dst), _p(x), _p(dt), _p(dtb), _p(A), _p(B), _p(C), _p(Df),
-        _p(zf), _p(out), _DTYPE_CODE[state.dtype],
-        int(idx is not None and idx.dtype == torch.int32), pad_id,
+    code = _DTYPE_CODE
+    none2, none3 = (0, 0), (0, 0, 0)
+    args = _pack_ssu(
+        state.data_ptr(), _p0(src), _p0(dst), x.data_ptr(), dt.data_ptr(), _p0(dt_bias),
+        A.data_ptr(), B.data_ptr(), C.data_ptr(), _p0(D), _p0(z), out.data_ptr(),
+        code[state.dtype], int(idx is not None and idx.dtype == torch.int32), pad_id,
         null_id if null_id is not None else 0, int(null_id is not None), int(softplus),
-        int(tied), R, H, P, state.shape[-1], B.shape[1], torch.get_num_threads(),
-        state.stride(), dt.stride(), dtb.stride() if dtb is not None else (0, 0), A.stride(),
-        B.stride()[:2], C.stride()[:2], Df.stride() if Df is not None else (0, 0),
-        zf.stride() if zf is not None else (0, 0, 0), out.stride(), x.stride(),
+        int(tied), R, H, P, N, B.shape[1], torch.get_num_threads(),
+        *state.stride(), *dt.stride(), *(dt_bias.stride() if dt_bias is not None else none2),
+        *A.stride(), *B.stride()[:2], *C.stride()[:2], *(D.stride() if D is not None else none2),
+        *(z.stride() if z is not None else none3), *out.stride(), *x.stride(),
         src.stride(0) if src is not None else 0, dst.stride(0) if dst is not None else 0,
+        code[x.dtype], code[dt.dtype], code[dt_bias.dtype] if dt_bias is not None else 0,
+        code[A.dtype], code[B.dtype], code[C.dtype], code[D.dtype] if D is not None else 0,
+        code[z.dtype] if z is not None else 0, code[out.dtype],
     )  # fmt: skip
     _build.call(_lib.mb_ssu, args)
+
+
+def _p0(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
 
 
 def ssd(

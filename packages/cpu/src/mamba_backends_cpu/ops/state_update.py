@@ -77,23 +77,14 @@ def _native_step(
         dt = dt.float() + dt_bias.float() if dt_bias is not None else dt.float()
         dt = F.softplus(dt) if dt_softplus else dt
         dt_bias, dt_softplus = None, False
-    else:
-        # The kernel reads a tied dt (and dt_bias) at p = 0 only: convert one column, not the
-        # (b, H, P) materialisation that .float() makes of a stride-0 expansion.
-        if dt.dtype != torch.float32:
-            dt = dt[..., :1].float().expand(dt.shape)
-        if dt_bias is not None and dt_bias.dtype != torch.float32:
-            dt_bias = dt_bias[..., :1].float().expand(dt_bias.shape)
     if out is None:
         out = torch.empty_like(x if heads_form else x.squeeze(1))
     out4 = out if heads_form else out.unsqueeze(1)
-    y = out4 if out4.dtype == torch.float32 else out4.float()  # keeps untouched rows
+    # The kernel reads x, dt, B, C, D, z and writes out in their own dtypes (fp32 math).
     _native.ssu(
         state, src, dst, PAD_SLOT_ID, null_block_id, x, dt, dt_bias, dt_softplus, A, B, C, D,
-        z, y, tied,
+        z, out4, tied,
     )  # fmt: skip
-    if y is not out4:
-        out4.copy_(y)
     if scatter is not None and scatter[0].numel():
         pool.index_put_((scatter[1],), state[scatter[0]])
     return out

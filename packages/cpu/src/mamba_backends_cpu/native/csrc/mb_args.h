@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-#define MB_ABI_VERSION 3
+#define MB_ABI_VERSION 4
 #define MB_OK 0
 #define MB_EABI (-1)   /* argument block of the wrong size */
 #define MB_ENOMEM (-2) /* an allocation failed */
@@ -56,14 +56,18 @@ typedef struct {
 typedef struct {
     void* state;
     const void *src, *dst; /* (R,) int32 (idx32) or int64 slots, or NULL */
-    const float *x, *dt, *dt_bias, *A, *B, *C, *D, *z;
-    float* out;
+    const void *x, *dt, *dt_bias, *A, *B, *C, *D, *z;
+    void* out;
     int64_t dtype, idx32, pad_id, null_id, has_null, softplus, tied;
     int64_t R, H, P, N, G, nthreads;
     /* element strides, in this order (the kernel reads them as one array k[29]) */
     int64_t s_state[4], s_dt[3], s_dt_bias[2], s_A[3], s_B[2], s_C[2], s_D[2], s_z[3];
     int64_t s_out[3], s_x[3], s_src, s_dst;
+    /* dtype codes (MB_F32/MB_BF16/MB_F16) of x, dt, dt_bias, A, B, C, D, z, out; A is fp32
+       unless tied, B and C are fp32 when N > MB_SSU_NMAX */
+    int64_t dts[9];
 } MbSsuArgs;
+#define MB_SSU_NMAX 4096
 
 /* mb_conv (see conv.c): causal depthwise conv1d, prefill and decode. */
 typedef struct {

@@ -13,7 +13,15 @@
    src/dst: (R,) int32 (idx32) or int64 slots or NULL (slot = r); a source equal to pad/null
    skips the request (no state read or written, out rows untouched); a destination equal to
    pad/null is not written. dt_bias/D/z may be NULL. tied: dt, dt_bias and A are read once
-   per (r, h). */
+   per (r, h). x, dt, dt_bias, A, B, C, D, z and out are read and written in the dtypes of
+   dts[] (fp32 / bf16 / fp16; the arithmetic is fp32): no conversion copies on the Python
+   side. A is fp32 unless tied; B and C rows wider than MB_SSU_NMAX are fp32. */
+
+/* Elements of the small per-request inputs, read and written through their dtype codes. */
+#define XV(p) mb_ld(x, dx, r * k[24] + hh * k[25] + (p) * k[26])
+#define DV(p) mb_ld(Dp, dD, hh * k[16] + (p) * k[17])
+#define ZV(p) mb_ld(z, dz, r * k[18] + hh * k[19] + (p) * k[20])
+#define OUT(p, v) mb_st(out, dout, r * k[21] + hh * k[22] + (p) * k[23], (v))
 
 #define ID(v) (v)
 #define F16L(v) ((float)(v))
@@ -23,13 +31,13 @@
     for (int64_t p = 0; p < P; ++p) {                                                  \
         float dtv = dt0;                                                               \
         if (!tied) {                                                                   \
-            dtv = dt[r * k[4] + hh * k[5] + p * k[6]];                                 \
-            if (dtb) dtv += dtb[hh * k[7] + p * k[8]];                                 \
+            dtv = mb_ld(dt, ddt, r * k[4] + hh * k[5] + p * k[6]);                     \
+            if (dtb) dtv += mb_ld(dtb, ddtb, hh * k[7] + p * k[8]);                    \
             if (sp_) dtv = mb_softplus(dtv);                                            \
         }                                                                              \
-        const float xv = x[r * k[24] + hh * k[25] + p * k[26]];                        \
+        const float xv = XV(p);                        \
         const float xdt = xv * dtv;                                                    \
-        const float* a = A + hh * k[9] + p * k[10];                                    \
+        const float* a = (const float*)A + hh * k[9] + p * k[10];                      \
         const int64_t off = hh * k[1] + p * k[2];                                      \
         const T_* in = base + src * k[0] + off;                                        \
         T_* o = base + dst * k[0] + off;                                               \
@@ -58,12 +66,12 @@
                 acc += v * c[n];                                                       \
             }                                                                          \
         }                                                                              \
-        if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                                \
+        if (Dp) acc += DV(p) * xv;                                \
         if (z) {                                                                       \
-            const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                    \
+            const float zv = ZV(p);                    \
             acc *= mb_silu(zv);                                            \
         }                                                                              \
-        out[r * k[21] + hh * k[22] + p * k[23]] = acc;                                 \
+        OUT(p, acc);                                 \
     }
 
 
@@ -74,7 +82,7 @@
         float bl[NN], cl[NN];                                                          \
         for (int64_t n = 0; n < NN; ++n) { bl[n] = b[n]; cl[n] = c[n]; }               \
         for (int64_t p = 0; p < P; ++p) {                                              \
-            const float xv = x[r * k[24] + hh * k[25] + p * k[26]];                    \
+            const float xv = XV(p);                    \
             const float xdt = xv * dt0;                                                \
             const int64_t off = hh * k[1] + p * k[2];                                  \
             const T_* in = base + src * k[0] + off;                                    \
@@ -86,12 +94,12 @@
                 o[n] = STORE(v);                                                       \
                 acc += v * cl[n];                                                      \
             }                                                                          \
-            if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                            \
+            if (Dp) acc += DV(p) * xv;                            \
             if (z) {                                                                   \
-                const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                \
+                const float zv = ZV(p);                \
                 acc *= mb_silu(zv);                                        \
             }                                                                          \
-            out[r * k[21] + hh * k[22] + p * k[23]] = acc;                             \
+            OUT(p, acc);                             \
         }                                                                              \
     }
 
@@ -143,19 +151,19 @@ SSU_V512_FN(f16, mb_half)
 /* The tied fast path of one (request, head) through ssu_rows_*: y rows, then D and z. */
 #define SSU_V512_HEAD(SFX)                                                              \
     {                                                                                   \
-        float yrow[1024];                                                               \
+        float yrow[1024], xl[1024];                                                     \
+        mb_load_n(mb_elem(x, dx, r * k[24] + hh * k[25]), dx, k[26], P, xl);            \
         ssu_rows_##SFX(base + src * k[0] + hh * k[1], base + dst * k[0] + hh * k[1],   \
-                       k[2], b, c, dAt, dt0, x + r * k[24] + hh * k[25], k[26], yrow,  \
-                       P, N);                                                           \
+                       k[2], b, c, dAt, dt0, xl, 1, yrow, P, N);                        \
         for (int64_t p = 0; p < P; ++p) {                                               \
-            const float xv = x[r * k[24] + hh * k[25] + p * k[26]];                    \
+            const float xv = xl[p];                                                     \
             float acc = yrow[p];                                                        \
-            if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                            \
+            if (Dp) acc += DV(p) * xv;                            \
             if (z) {                                                                    \
-                const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                \
+                const float zv = ZV(p);                \
                 acc *= mb_silu(zv);                                        \
             }                                                                           \
-            out[r * k[21] + hh * k[22] + p * k[23]] = acc;                             \
+            OUT(p, acc);                             \
         }                                                                               \
     }
 #define SSU_V512_OK (tied && wr && sn == 1 && N % 16 == 0 && N <= 256 && P <= 1024)
@@ -257,19 +265,19 @@ MB_ALWAYS_INLINE void ssu_rows_vec(const void* in, void* o, const int dt, int64_
 /* The tied vector path of one (request, head): y rows, then D and z. */
 #define SSU_VEC_HEAD(DT)                                                                \
     {                                                                                   \
-        float yrow[1024];                                                               \
+        float yrow[1024], xl[1024];                                                     \
+        mb_load_n(mb_elem(x, dx, r * k[24] + hh * k[25]), dx, k[26], P, xl);            \
         ssu_rows_vec(base + src * k[0] + hh * k[1], base + dst * k[0] + hh * k[1], DT, \
-                     k[2], b, c, dAt, dt0, x + r * k[24] + hh * k[25], k[26], yrow, P, \
-                     N, (const char*)nxt);                                              \
+                     k[2], b, c, dAt, dt0, xl, 1, yrow, P, N, (const char*)nxt);        \
         for (int64_t p = 0; p < P; ++p) {                                               \
-            const float xv = x[r * k[24] + hh * k[25] + p * k[26]];                    \
+            const float xv = xl[p];                                                     \
             float acc = yrow[p];                                                        \
-            if (Dp) acc += Dp[hh * k[16] + p * k[17]] * xv;                            \
+            if (Dp) acc += DV(p) * xv;                            \
             if (z) {                                                                    \
-                const float zv = z[r * k[18] + hh * k[19] + p * k[20]];                \
+                const float zv = ZV(p);                \
                 acc *= mb_silu(zv);                                                     \
             }                                                                           \
-            out[r * k[21] + hh * k[22] + p * k[23]] = acc;                             \
+            OUT(p, acc);                             \
         }                                                                               \
     }
 #define SSU_VEC_OK (tied && wr && sn == 1 && N % MB_VL == 0 && N <= 4096 && P <= 1024)
@@ -292,9 +300,12 @@ int mb_ssu(const MbSsuArgs* a, int64_t args_size) {
     memcpy(k, a->s_state, sizeof(k)); /* local copy: provably not aliased by the stores */
     void* state = a->state;
     const void *src_slot = a->src, *dst_slot = a->dst;
-    const float *x = a->x, *dt = a->dt, *dtb = a->dt_bias, *A = a->A, *B = a->B, *C = a->C;
-    const float *Dp = a->D, *z = a->z;
-    float* out = a->out;
+    const void *x = a->x, *dt = a->dt, *dtb = a->dt_bias, *A = a->A, *B = a->B, *C = a->C;
+    const void *Dp = a->D, *z = a->z;
+    void* out = a->out;
+    const int dx = (int)a->dts[0], ddt = (int)a->dts[1], ddtb = (int)a->dts[2];
+    const int dAc = (int)a->dts[3], dB = (int)a->dts[4], dC = (int)a->dts[5];
+    const int dD = (int)a->dts[6], dz = (int)a->dts[7], dout = (int)a->dts[8];
     const int dtype = (int)a->dtype, idx32 = (int)a->idx32, has_null = (int)a->has_null;
     const int sp_ = (int)a->softplus, tied = (int)a->tied, nthreads = (int)a->nthreads;
     const int64_t pad_id = a->pad_id, null_id = a->null_id;
@@ -307,14 +318,18 @@ int mb_ssu(const MbSsuArgs* a, int64_t args_size) {
         const int64_t dst = dst_slot ? slot_at(dst_slot, idx32, r * k[28]) : src;
         if (src_slot && (src == pad_id || (has_null && src == null_id))) continue;
         const int wr = !(dst_slot && (dst == pad_id || (has_null && dst == null_id)));
-        const float* b = B + r * k[12] + (hh / rep) * k[13];
-        const float* c = C + r * k[14] + (hh / rep) * k[15];
+        /* B and C rows of the head's group, as fp32 (converted here when stored narrower) */
+        const float* b = (const float*)mb_elem(B, dB, r * k[12] + (hh / rep) * k[13]);
+        const float* c = (const float*)mb_elem(C, dC, r * k[14] + (hh / rep) * k[15]);
+        float b32[dB == MB_F32 ? 1 : N], c32[dC == MB_F32 ? 1 : N];
+        if (dB != MB_F32) { mb_load_n(b, dB, 1, N, b32); b = b32; }
+        if (dC != MB_F32) { mb_load_n(c, dC, 1, N, c32); c = c32; }
         float dt0 = 0.0f, dAt = 0.0f;
         if (tied) {
-            dt0 = dt[r * k[4] + hh * k[5]];
-            if (dtb) dt0 += dtb[hh * k[7]];
+            dt0 = mb_ld(dt, ddt, r * k[4] + hh * k[5]);
+            if (dtb) dt0 += mb_ld(dtb, ddtb, hh * k[7]);
             if (sp_) dt0 = mb_softplus(dt0);
-            dAt = mb_exp(dt0 * A[hh * k[9]]);
+            dAt = mb_exp(dt0 * mb_ld(A, dAc, hh * k[9]));
         }
         const char* nxt = NULL; /* the next item's source block (prefetched at the end) */
         if (item + 1 < R * H) {
