@@ -115,9 +115,9 @@ def _worker_threads(worker: Any = None, probe: bool = False) -> dict[str, Any]:
         nthreads: list[int] = []
         real = _build.call
 
-        def counting(fn: Any, args: Any) -> None:
+        def counting(fn: Any, args: Any, allow: tuple[int, ...] = ()) -> int:
             nthreads.append(int(args.nthreads))
-            real(fn, args)
+            return real(fn, args, allow)
 
         dim, T, W = 64, 40, 4
         x = torch.randn(T, dim).t()  # channel-last (dim, T)

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 #: Folder of the C sources (package data).
 CSRC = Path(__file__).parent / "csrc"
 #: Must equal ``MB_ABI_VERSION`` in ``csrc/mb_args.h``.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 ENV_NATIVE = "MAMBA_BACKENDS_CPU_NATIVE"
 ENV_CACHE = "MAMBA_BACKENDS_CPU_CACHE"
@@ -59,10 +59,13 @@ _CFLAGS = ["-O3", "-std=gnu11", "-fPIC", "-fopenmp", "-fno-math-errno", "-Wall"]
 _OK = 0
 #: ``MB_ENONFINITE``: a kernel asked to check its inputs found a NaN/inf and wrote nothing.
 NONFINITE = -3
+#: ``MB_EINDEX``: a kernel asked to check its slot table found a bad slot and wrote nothing.
+BADINDEX = -4
 _ERRORS = {
     -1: "argument block of the wrong size",
     -2: "out of memory",
     NONFINITE: "non-finite input",
+    BADINDEX: "slot index out of range or written twice",
 }
 
 

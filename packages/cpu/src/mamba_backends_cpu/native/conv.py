@@ -40,7 +40,7 @@ class MbConvArgs(ctypes.Structure):
         *((n, _I) for n in ("wdt", "sw0", "sw1", "bdt", "sb", "q64", "i64", "sslot")),
         *((n, _I) for n in ("pad_id", "has_pad", "null_id", "has_null", "init_mode", "silu")),
         *((n, _I) for n in ("zero_skipped", "split", "mode", "nthreads", "chunk_tokens")),
-        ("prefetch", _I),
+        *((n, _I) for n in ("prefetch", "check_slots", "nslots")),
     ]
 
 
@@ -89,7 +89,8 @@ def conv(
     zero_skipped: bool,
     split: bool,
     mode: int,
-) -> None:
+    check_slots: bool = False,
+) -> int:
     """Run the kernel (see ``csrc/conv.c`` for the exact contract).
 
     Args:
@@ -106,6 +107,8 @@ def conv(
         zero_skipped: zero the output rows of pad/null requests (prefill).
         split: allow cutting a request in token chunks across threads (needs ``y`` not ``x``).
         mode: 0 items are (chunk, channel block); 1 items are whole requests.
+        check_slots: a live slot outside ``[0, slots)`` or written twice makes the kernel
+            write nothing and return :data:`._build.BADINDEX` (else 0).
     """
     dim, W = weight.shape
     pad, null = pad_slot_id, null_block_id
@@ -129,6 +132,6 @@ def conv(
         pad if pad is not None else 0, int(pad is not None),
         null if null is not None else 0, int(null is not None),
         init_mode, int(silu), int(zero_skipped), int(split), mode, torch.get_num_threads(),
-        cfg["chunk_tokens"], cfg["prefetch"],
+        cfg["chunk_tokens"], cfg["prefetch"], int(check_slots), states.shape[0],
     )  # fmt: skip
-    _build.call(cdll.mb_conv, args)
+    return _build.call(cdll.mb_conv, args, allow=(_build.BADINDEX,))

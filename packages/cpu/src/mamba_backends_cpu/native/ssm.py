@@ -91,6 +91,8 @@ class MbSsuArgs(ctypes.Structure):
         ("s_src", _I),
         ("s_dst", _I),
         ("dts", _I * 9),
+        ("check_slots", _I),
+        ("nslots", _I),
     ]
 
 
@@ -183,7 +185,8 @@ def ssu(
     z: Tensor | None,
     out: Tensor,
     tied: bool,
-) -> None:
+    check_slots: bool = False,
+) -> int:
     """One fused decode step in place on ``state`` ``(slots, H, P, N)`` (any strides).
 
     ``src``/``dst``: ``(R,)`` int32/int64 slots (any stride) or None (slot ``r``); a pad/null
@@ -192,7 +195,9 @@ def ssu(
     ``(H, P, N)``; ``B``, ``C``: ``(R, G, N)``; ``out``: ``(R, H, P)``, written in place.
     Any strides (zero included) and any of fp32/bf16/fp16 each, read and written in place
     (``A`` is made fp32 unless ``tied``): with ``tied``, ``dt``/``dt_bias``/``A`` are read at
-    ``p = n = 0`` only.
+    ``p = n = 0`` only. With ``check_slots``, a live slot outside ``[0, slots)`` or a live
+    destination written twice makes the kernel write nothing and return
+    :data:`._build.BADINDEX` (else 0): the caller names the argument.
     """
     assert _lib is not None
     R, H, P = x.shape
@@ -217,9 +222,10 @@ def ssu(
         src.stride(0) if src is not None else 0, dst.stride(0) if dst is not None else 0,
         code[x.dtype], code[dt.dtype], code[dt_bias.dtype] if dt_bias is not None else 0,
         code[A.dtype], code[B.dtype], code[C.dtype], code[D.dtype] if D is not None else 0,
-        code[z.dtype] if z is not None else 0, code[out.dtype],
+        code[z.dtype] if z is not None else 0, code[out.dtype], int(check_slots),
+        state.shape[0],
     )  # fmt: skip
-    _build.call(_lib.mb_ssu, args)
+    return _build.call(_lib.mb_ssu, args, allow=(_build.BADINDEX,))
 
 
 def _p0(t: Tensor | None) -> int:

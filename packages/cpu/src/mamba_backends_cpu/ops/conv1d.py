@@ -30,6 +30,7 @@ from mamba_backends.contract import (
     check_not_supported,
 )
 from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
+from mamba_backends_cpu.native import _build
 from mamba_backends_cpu.native import conv as _native_conv
 from mamba_backends_cpu.ops._common import compute_dtype, live_slots, silu_name
 
@@ -171,8 +172,11 @@ def _update_native(
     query_start_loc: Tensor | None,
     null_block_id: int | None,
     out: Tensor | None,
-) -> Tensor:
-    """Decode in the C kernel (arguments checked); writes into ``out`` or ``x``."""
+    check_slots: bool,
+) -> int:
+    """Decode in the C kernel (arguments checked); writes into ``out`` or ``x``. Returns the
+    kernel's code: :data:`_build.BADINDEX` when ``check_slots`` found a bad slot (nothing
+    written)."""
     res = out if out is not None else x
     qsl = None
     if query_start_loc is not None:
@@ -193,11 +197,11 @@ def _update_native(
     # Whole requests per thread when there are enough, and always for one token each (the
     # kernel's fused single-token loop); else (request, channel group) items.
     mode = 1 if L == 1 or B >= 4 * torch.get_num_threads() else 0
-    _native_conv.conv(
+    return _native_conv.conv(
         cdll, x, xs, res, ys, weight, bias, conv_state, B, L, qsl, slots, None, 2, use_silu,
         PAD_SLOT_ID, null_block_id, zero_skipped=False, split=False, mode=mode,
+        check_slots=check_slots,
     )  # fmt: skip
-    return res
 
 
 def causal_conv1d_fn(
@@ -342,10 +346,14 @@ def causal_conv1d_update(
         block_idx_last_scheduled_token=block_idx_last_scheduled_token,
         initial_state_idx=initial_state_idx,
     )
-    check_causal_conv1d_update_args(
+    contract = (
         x, conv_state, weight, bias, activation, conv_state_indices, num_accepted_tokens,
         query_start_loc, null_block_id, out,
     )  # fmt: skip
+    # Plain decode on the fused kernel: the metadata here, the slot values in the kernel
+    # (before any write); every other form checks the values here.
+    fused = num_accepted_tokens is None and query_start_loc is None
+    check_causal_conv1d_update_args(*contract, check_values=False if fused else None)
     use_silu = silu_name(activation)
     if num_accepted_tokens is not None:
         return _update_speculative(
@@ -355,10 +363,16 @@ def causal_conv1d_update(
     # Shapes, dtypes and slot ranges were checked by the validator: decode goes straight on.
     cdll = _native_lib(weight, x, weight, bias, conv_state, out)
     if cdll is not None:
-        return _update_native(
+        rc = _update_native(
             cdll, x, conv_state, weight, bias, use_silu, conv_state_indices, query_start_loc,
-            null_block_id, out,
+            null_block_id, out, check_slots=fused,
         )  # fmt: skip
+        if rc == _build.BADINDEX:  # nothing was written: let the validator name the argument
+            check_causal_conv1d_update_args(*contract)
+            raise _build.NativeKernelError("causal_conv1d_update: the kernel refused the slots")
+        return out if out is not None else x
+    if fused:
+        check_causal_conv1d_update_args(*contract)  # the values, for the PyTorch path
     dim, W = weight.shape
     K = W - 1
     # Token-major view of the inputs and per-request offsets.

@@ -13,12 +13,15 @@ request with a null/pad source slot are left as they were.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mamba_backends.contract import check_selective_state_update_args
 from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
+from mamba_backends_cpu.native import _build
 from mamba_backends_cpu.native import ssm as _native
 from mamba_backends_cpu.ops._common import compute_dtype, live_slots
 
@@ -49,11 +52,14 @@ def _native_step(
     null_block_id: int | None,
     out: Tensor | None,
     heads_form: bool,
+    contract: tuple[Any, ...],
 ) -> Tensor:
     """One decode token per request through the fused kernel (heads-form tensors, 4-D state).
 
-    Slot ranges were checked by the validator; the kernel skips pad/null slots itself, so the
-    Python side issues almost no tensor ops (decode is latency-bound at small batches).
+    The metadata was checked by the validator; the kernel checks the slot values before any
+    write and skips pad/null slots itself, so the Python side issues almost no tensor ops
+    (decode is latency-bound at small batches). ``contract``: the op's arguments for the
+    validator, which names the bad argument when the kernel refuses its slots.
     """
 
     def col0(t: Tensor | None) -> Tensor | None:
@@ -70,6 +76,7 @@ def _native_step(
     ):
         # The kernel updates in place, but here a row writes another row's source: it runs on
         # copies of the sources, scattered afterwards (all reads happen before any write).
+        check_selective_state_update_args(*contract)  # staging indexes with the slot values
         state, src, scatter = _stage_sources(pool, src, dst, null_block_id)
         dst = src
     tied = _tied(A, dt, dt_bias)
@@ -81,10 +88,13 @@ def _native_step(
         out = torch.empty_like(x if heads_form else x.squeeze(1))
     out4 = out if heads_form else out.unsqueeze(1)
     # The kernel reads x, dt, B, C, D, z and writes out in their own dtypes (fp32 math).
-    _native.ssu(
+    rc = _native.ssu(
         state, src, dst, PAD_SLOT_ID, null_block_id, x, dt, dt_bias, dt_softplus, A, B, C, D,
-        z, out4, tied,
+        z, out4, tied, check_slots=scatter is None,
     )  # fmt: skip
+    if rc == _build.BADINDEX:  # nothing was written: let the validator name the argument
+        check_selective_state_update_args(*contract)
+        raise _build.NativeKernelError("selective_state_update: the kernel refused the slots")
     if scatter is not None and scatter[0].numel():
         pool.index_put_((scatter[1],), state[scatter[0]])
     return out
@@ -172,10 +182,13 @@ def selective_state_update(
     Returns:
         ``out``.
     """
-    check_selective_state_update_args(
+    contract = (
         state, x, dt, A, B, C, D, dt_bias, z, state_batch_indices, dst_state_batch_indices,
         null_block_id, out, num_accepted_tokens, cu_seqlens,
     )  # fmt: skip
+    # Metadata first; the slot values are checked by the fused kernel before it writes, or
+    # below for the other paths.
+    check_selective_state_update_args(*contract, check_values=False)
     if enable_stochastic_rounding:
         raise NotImplementedError(
             "selective_state_update: argument 'enable_stochastic_rounding' is not supported"
@@ -199,8 +212,9 @@ def selective_state_update(
     ):
         return _native_step(
             state, x, dt, A, B, C, D, dt_bias, z, dt_softplus, state_batch_indices,
-            dst_state_batch_indices, null_block_id, out, heads_form,
+            dst_state_batch_indices, null_block_id, out, heads_form, contract,
         )  # fmt: skip
+    check_selective_state_update_args(*contract)
     nb = x.shape[0]
     G = B.shape[1]
     # Requests, their token rows and their source/destination slots (checked by the contract).

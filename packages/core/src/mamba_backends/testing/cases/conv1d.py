@@ -265,6 +265,9 @@ _BAD_UPDATE = {
     "conv_state_dim": ("conv_state", "x"),
     "conv_state_indices_len": ("conv_state_indices",),
     "conv_state_indices_dtype": ("conv_state_indices",),
+    # slot values: refused before any state is written (a kernel may check them itself)
+    "conv_state_indices_range": ("conv_state_indices",),
+    "conv_state_indices_twice": ("conv_state_indices",),
 }
 
 
@@ -281,6 +284,10 @@ def _bad(op: str, what: str, p: ConvParams, seed: int, ctx: CaseContext) -> None
         a.idx = f.ints(plan.slots[:-1])
     elif what in ("cache_indices_dtype", "conv_state_indices_dtype"):
         a.idx = a.idx.float()
+    elif what == "conv_state_indices_range":
+        a.idx = f.ints([plan.num_slots, *plan.slots[1:]])
+    elif what == "conv_state_indices_twice":
+        a.idx = f.ints([plan.slots[0], plan.slots[0], *plan.slots[2:]])
     elif what == "has_initial_state_len":
         a.init = f.bools(plan.has_init[:-1])
     before = a.pool.base.clone()

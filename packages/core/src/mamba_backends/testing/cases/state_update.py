@@ -241,6 +241,10 @@ _BAD = {
     "indices_len": ("state_batch_indices",),
     "heads_groups": ("B", "ngroups", "nheads"),
     "indices_dtype": ("state_batch_indices",),
+    # slot values: refused before any state is written (a kernel may check them itself)
+    "indices_range": ("state_batch_indices",),
+    "indices_twice": ("state_batch_indices", "dst_state_batch_indices"),
+    "dst_range": ("dst_state_batch_indices",),
 }
 
 
@@ -261,6 +265,12 @@ def _bad(what: str, seed: int, ctx: CaseContext) -> None:
         a.C = f.randn(3, 3, p.N, dtype=f32)
     elif what == "indices_dtype":
         a.src = a.dst = a.src.float()
+    elif what == "indices_range":
+        a.src = a.dst = f.ints([plan.slots[0], plan.num_slots, plan.slots[2]])
+    elif what == "indices_twice":  # in place: the sources are the destinations
+        a.src = a.dst = f.ints([plan.slots[0], plan.slots[1], plan.slots[0]])
+    elif what == "dst_range":
+        a.dst = f.ints([plan.slots[0], plan.slots[1], -2])
     before = a.state.base.clone()
     call = partial(call_ssu, ctx.ops, a, True)
     expect_rejected(ctx.check, call, _BAD[what], [("state", before, a.state)], op=SSU)

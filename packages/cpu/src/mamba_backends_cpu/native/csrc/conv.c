@@ -343,6 +343,11 @@ static void mb_run(const MbConv* a, int64_t b, int64_t start, int64_t slot, int 
 
 int mb_conv(const MbConvArgs* p, int64_t args_size) {
     MB_CHECK_ARGS(p, args_size);
+    if (p->check_slots && p->slots) { /* before any write: a refused call changes nothing */
+        const int ok = mb_slots_ok(p->slots, !p->i64, p->sslot, p->B, p->nslots, p->pad_id,
+                                   (int)p->has_pad, p->null_id, (int)p->has_null, 1);
+        if (ok != 1) return ok == 0 ? MB_EINDEX : ok;
+    }
     MbConv a;
     a.x = (const char*)p->x; a.y = (char*)p->y; a.st = (char*)p->states;
     a.qsl = (const char*)p->qsl; a.slots = (const char*)p->slots; a.has_init = p->has_init;

@@ -12,11 +12,13 @@
 
 #include <stdint.h>
 
-#define MB_ABI_VERSION 4
+#define MB_ABI_VERSION 5
 #define MB_OK 0
 #define MB_EABI (-1)   /* argument block of the wrong size */
 #define MB_ENOMEM (-2) /* an allocation failed */
 #define MB_ENONFINITE (-3) /* check_finite found a NaN/inf input; nothing was written */
+#define MB_EINDEX (-4)     /* check_slots found a slot out of range or written twice; nothing
+                              was written */
 
 /* mb_scan_f32: u, dt, y (T, Dm); B, C (T, G, N); A (Dm, N); h (S, Dm, N) in/out; all
    contiguous fp32. */
@@ -66,6 +68,8 @@ typedef struct {
     /* dtype codes (MB_F32/MB_BF16/MB_F16) of x, dt, dt_bias, A, B, C, D, z, out; A is fp32
        unless tied, B and C are fp32 when N > MB_SSU_NMAX */
     int64_t dts[9];
+    int64_t check_slots, nslots; /* refuse (MB_EINDEX) a live src/dst slot outside
+                                    [0, nslots) or a live dst written twice */
 } MbSsuArgs;
 #define MB_SSU_NMAX 4096
 
@@ -85,6 +89,8 @@ typedef struct {
     int64_t init_mode, silu, zero_skipped, split, mode, nthreads;
     int64_t chunk_tokens;               /* prefill tokens per work item with split (tunable) */
     int64_t prefetch;                   /* tokens ahead (tunable) */
+    int64_t check_slots, nslots;        /* refuse (MB_EINDEX) a live slot outside [0, nslots)
+                                           or written twice */
 } MbConvArgs;
 
 /* mb_gdn_rows / mb_gdn_tiles (see gdn.c). The block from N to sso[3] is read by the kernels

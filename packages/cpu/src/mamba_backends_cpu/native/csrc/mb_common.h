@@ -72,6 +72,48 @@ static inline void mb_st(void* p, int dt, int64_t i, float v) {
     else ((mb_half*)p)[i] = (mb_half)v;
 }
 
+MB_OUTLINE int mb_cmp_i64(const void* a, const void* b) {
+    const int64_t x = *(const int64_t*)a, y = *(const int64_t*)b;
+    return (x > y) - (x < y);
+}
+
+/* The slot table rule of every op that writes states in place: each of the n slots (int32 when
+   is32, else int64, at element stride s) is pad/null (skipped) or lies in [0, nslots), and with
+   unique no live slot repeats. 1 when the table holds to it, 0 when not, MB_ENOMEM. Runs before
+   a kernel's first write, so a refused call changes nothing. */
+MB_OUTLINE int mb_slots_ok(const void* idx, int is32, int64_t s, int64_t n, int64_t nslots,
+                           int64_t pad_id, int has_pad, int64_t null_id, int has_null,
+                           int unique) {
+    int64_t live = 0;
+    int64_t* v = NULL;
+    if (unique && n > 32) {
+        v = (int64_t*)malloc((size_t)n * sizeof(int64_t));
+        if (!v) return MB_ENOMEM;
+    }
+    int64_t small[32];
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t x = is32 ? (int64_t)((const int32_t*)idx)[i * s]
+                               : ((const int64_t*)idx)[i * s];
+        if ((has_pad && x == pad_id) || (has_null && x == null_id)) continue;
+        if (x < 0 || x >= nslots) { free(v); return 0; }
+        if (!unique) continue;
+        if (v) {
+            v[live++] = x;
+        } else {
+            for (int64_t j = 0; j < live; ++j)
+                if (small[j] == x) return 0;
+            small[live++] = x;
+        }
+    }
+    int ok = 1;
+    if (v) {
+        qsort(v, (size_t)live, sizeof(int64_t), mb_cmp_i64);
+        for (int64_t j = 1; j < live && ok; ++j) ok = v[j] != v[j - 1];
+        free(v);
+    }
+    return ok;
+}
+
 /* pointer to element i of a dtype-coded array (const-ness is the caller's, as strchr) */
 static inline char* mb_elem(const void* p, int dt, int64_t i) {
     return (char*)p + i * mb_esize(dt);

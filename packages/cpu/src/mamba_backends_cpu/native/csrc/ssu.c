@@ -311,6 +311,16 @@ int mb_ssu(const MbSsuArgs* a, int64_t args_size) {
     const int64_t pad_id = a->pad_id, null_id = a->null_id;
     const int64_t R = a->R, H = a->H, P = a->P, N = a->N, G = a->G;
     const int64_t rep = H / G, sn = k[3], an = k[11];
+    if (a->check_slots) { /* before any write: a refused call changes nothing */
+        int ok = 1;
+        if (src_slot)  /* unique when the sources are the destinations too */
+            ok = mb_slots_ok(src_slot, idx32, k[27], R, a->nslots, pad_id, 1, null_id,
+                             has_null, !dst_slot);
+        if (ok == 1 && dst_slot)
+            ok = mb_slots_ok(dst_slot, idx32, k[28], R, a->nslots, pad_id, 1, null_id,
+                             has_null, 1);
+        if (ok != 1) return ok == 0 ? MB_EINDEX : ok;
+    }
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t item = 0; item < R * H; ++item) {
         const int64_t r = item / H, hh = item % H;
