@@ -163,8 +163,9 @@ SSU_V512_FN(f16, mb_half)
                 const float zv = ZV(p);                \
                 acc *= mb_silu(zv);                                        \
             }                                                                           \
-            OUT(p, acc);                             \
+            yrow[p] = acc;                                                              \
         }                                                                               \
+        mb_store_n(mb_elem(out, dout, r * k[21] + hh * k[22]), dout, k[23], P, yrow);   \
     }
 #define SSU_V512_OK (tied && wr && sn == 1 && N % 16 == 0 && N <= 256 && P <= 1024)
 #define SSU_VEC_OK 0
@@ -277,8 +278,9 @@ MB_ALWAYS_INLINE void ssu_rows_vec(const void* in, void* o, const int dt, int64_
                 const float zv = ZV(p);                \
                 acc *= mb_silu(zv);                                                     \
             }                                                                           \
-            OUT(p, acc);                             \
+            yrow[p] = acc;                                                              \
         }                                                                               \
+        mb_store_n(mb_elem(out, dout, r * k[21] + hh * k[22]), dout, k[23], P, yrow);   \
     }
 #define SSU_VEC_OK (tied && wr && sn == 1 && N % MB_VL == 0 && N <= 4096 && P <= 1024)
 #endif
@@ -321,19 +323,33 @@ int mb_ssu(const MbSsuArgs* a, int64_t args_size) {
                              has_null, 1);
         if (ok != 1) return ok == 0 ? MB_EINDEX : ok;
     }
-    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    const int narrow = dB != MB_F32 || dC != MB_F32;
+    #pragma omp parallel num_threads(nthreads)
+    {
+    /* B and C rows of the last (request, group) seen by this thread, as fp32 when stored
+       narrower: the heads of a group share them, so each row is converted once, not once
+       per head (at H/G = 24 that was a tenth of a bf16 decode step) */
+    float b32[narrow ? N : 1], c32[narrow ? N : 1];
+    int64_t held = -1;
+    #pragma omp for schedule(static)
     for (int64_t item = 0; item < R * H; ++item) {
         const int64_t r = item / H, hh = item % H;
         const int64_t src = src_slot ? slot_at(src_slot, idx32, r * k[27]) : r;
         const int64_t dst = dst_slot ? slot_at(dst_slot, idx32, r * k[28]) : src;
         if (src_slot && (src == pad_id || (has_null && src == null_id))) continue;
         const int wr = !(dst_slot && (dst == pad_id || (has_null && dst == null_id)));
-        /* B and C rows of the head's group, as fp32 (converted here when stored narrower) */
         const float* b = (const float*)mb_elem(B, dB, r * k[12] + (hh / rep) * k[13]);
         const float* c = (const float*)mb_elem(C, dC, r * k[14] + (hh / rep) * k[15]);
-        float b32[dB == MB_F32 ? 1 : N], c32[dC == MB_F32 ? 1 : N];
-        if (dB != MB_F32) { mb_load_n(b, dB, 1, N, b32); b = b32; }
-        if (dC != MB_F32) { mb_load_n(c, dC, 1, N, c32); c = c32; }
+        if (narrow) {
+            const int64_t key = r * G + hh / rep;
+            if (key != held) {
+                if (dB != MB_F32) mb_load_n(b, dB, 1, N, b32);
+                if (dC != MB_F32) mb_load_n(c, dC, 1, N, c32);
+                held = key;
+            }
+            if (dB != MB_F32) b = b32;
+            if (dC != MB_F32) c = c32;
+        }
         float dt0 = 0.0f, dAt = 0.0f;
         if (tied) {
             dt0 = mb_ld(dt, ddt, r * k[4] + hh * k[5]);
@@ -366,6 +382,7 @@ int mb_ssu(const MbSsuArgs* a, int64_t args_size) {
             typedef mb_half T_; T_* base = (T_*)state;
             SSU_DISPATCH(F16L, F16S)
         }
+    }
     }
     return MB_OK;
 }
