@@ -23,6 +23,8 @@ from mamba_backends_cpu.native import _build, conv, gdn, ssm
 
 PKG = Path(native.__file__).parent.parent
 LIBS = (ssm.LIBRARY, conv.LIBRARY, gdn.LIBRARY)
+#: A source that does not compile (tests/csrc/broken.c).
+BROKEN_C = Path(__file__).parent / "csrc" / "broken.c"
 
 needs_cc = pytest.mark.skipif(_build.compiler() is None, reason="no C compiler here")
 linux = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
@@ -135,7 +137,7 @@ def test_build_error_is_reported(
 ) -> None:
     csrc = fresh / "csrc"
     csrc.mkdir()
-    (csrc / "broken.c").write_text("int f(void) { return missing_symbol; }\n")
+    shutil.copy(BROKEN_C, csrc / "broken.c")
     monkeypatch.setattr(_build, "CSRC", csrc)
     lib = _build.Library("broken", ("broken.c",), {})
     with caplog.at_level(logging.WARNING, logger=_build.__name__):

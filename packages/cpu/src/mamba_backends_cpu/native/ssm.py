@@ -128,8 +128,9 @@ def available() -> bool:
     return _lib is not None
 
 
-def _p(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+def _p(t: Tensor | None) -> int:
+    """A tensor's data pointer, 0 (NULL) for None."""
+    return 0 if t is None else t.data_ptr()
 
 
 def selective_scan(
@@ -211,8 +212,8 @@ def ssu(
     code = _DTYPE_CODE
     none2, none3 = (0, 0), (0, 0, 0)
     args = _pack_ssu(
-        state.data_ptr(), _p0(src), _p0(dst), x.data_ptr(), dt.data_ptr(), _p0(dt_bias),
-        A.data_ptr(), B.data_ptr(), C.data_ptr(), _p0(D), _p0(z), out.data_ptr(),
+        state.data_ptr(), _p(src), _p(dst), x.data_ptr(), dt.data_ptr(), _p(dt_bias),
+        A.data_ptr(), B.data_ptr(), C.data_ptr(), _p(D), _p(z), out.data_ptr(),
         code[state.dtype], int(idx is not None and idx.dtype == torch.int32), pad_id,
         null_id if null_id is not None else 0, int(null_id is not None), int(softplus),
         int(tied), R, H, P, N, B.shape[1], torch.get_num_threads(),
@@ -226,10 +227,6 @@ def ssu(
         state.shape[0],
     )  # fmt: skip
     return _build.call(_lib.mb_ssu, args, allow=(_build.BADINDEX,))
-
-
-def _p0(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
 
 
 def ssd(

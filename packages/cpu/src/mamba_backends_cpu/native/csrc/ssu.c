@@ -35,7 +35,7 @@
             if (dtb) dtv += mb_ld(dtb, ddtb, hh * k[7] + p * k[8]);                    \
             if (sp_) dtv = mb_softplus(dtv);                                            \
         }                                                                              \
-        const float xv = XV(p);                        \
+        const float xv = XV(p);                                                        \
         const float xdt = xv * dtv;                                                    \
         const float* a = (const float*)A + hh * k[9] + p * k[10];                      \
         const int64_t off = hh * k[1] + p * k[2];                                      \
@@ -66,12 +66,12 @@
                 acc += v * c[n];                                                       \
             }                                                                          \
         }                                                                              \
-        if (Dp) acc += DV(p) * xv;                                \
+        if (Dp) acc += DV(p) * xv;                                                     \
         if (z) {                                                                       \
-            const float zv = ZV(p);                    \
+            const float zv = ZV(p);                                                    \
             acc *= mb_silu(zv);                                            \
         }                                                                              \
-        OUT(p, acc);                                 \
+        OUT(p, acc);                                                                   \
     }
 
 
@@ -82,7 +82,7 @@
         float bl[NN], cl[NN];                                                          \
         for (int64_t n = 0; n < NN; ++n) { bl[n] = b[n]; cl[n] = c[n]; }               \
         for (int64_t p = 0; p < P; ++p) {                                              \
-            const float xv = XV(p);                    \
+            const float xv = XV(p);                                                    \
             const float xdt = xv * dt0;                                                \
             const int64_t off = hh * k[1] + p * k[2];                                  \
             const T_* in = base + src * k[0] + off;                                    \
@@ -94,12 +94,12 @@
                 o[n] = STORE(v);                                                       \
                 acc += v * cl[n];                                                      \
             }                                                                          \
-            if (Dp) acc += DV(p) * xv;                            \
+            if (Dp) acc += DV(p) * xv;                                                 \
             if (z) {                                                                   \
-                const float zv = ZV(p);                \
+                const float zv = ZV(p);                                                \
                 acc *= mb_silu(zv);                                        \
             }                                                                          \
-            OUT(p, acc);                             \
+            OUT(p, acc);                                                               \
         }                                                                              \
     }
 
@@ -158,9 +158,9 @@ SSU_V512_FN(f16, mb_half)
         for (int64_t p = 0; p < P; ++p) {                                               \
             const float xv = xl[p];                                                     \
             float acc = yrow[p];                                                        \
-            if (Dp) acc += DV(p) * xv;                            \
+            if (Dp) acc += DV(p) * xv;                                                  \
             if (z) {                                                                    \
-                const float zv = ZV(p);                \
+                const float zv = ZV(p);                                                 \
                 acc *= mb_silu(zv);                                        \
             }                                                                           \
             yrow[p] = acc;                                                              \
@@ -273,9 +273,9 @@ MB_ALWAYS_INLINE void ssu_rows_vec(const void* in, void* o, const int dt, int64_
         for (int64_t p = 0; p < P; ++p) {                                               \
             const float xv = xl[p];                                                     \
             float acc = yrow[p];                                                        \
-            if (Dp) acc += DV(p) * xv;                            \
+            if (Dp) acc += DV(p) * xv;                                                  \
             if (z) {                                                                    \
-                const float zv = ZV(p);                \
+                const float zv = ZV(p);                                                 \
                 acc *= mb_silu(zv);                                                     \
             }                                                                           \
             yrow[p] = acc;                                                              \
