@@ -54,5 +54,5 @@ def test_op_paths_name_the_library_or_why_pytorch(monkeypatch) -> None:
     assert paths["selective_scan_fn"] == "PyTorch (ssm: no C compiler; the PyTorch fallback serves)"
     assert paths["chunk_gated_delta_rule"] == "native gdn, -march=native"  # built at first use
     assert paths["linear_decode_forward"] == "PyTorch"
-    want = "bf16" if isa.cpu_isa().level == "avx512-bf16" else "fp32"
-    assert paths["lightning_attention"] == f"PyTorch; bf16 inputs: {want} products"
+    # the shipped lightning table keeps fp32 products on every ISA (see its note)
+    assert paths["lightning_attention"] == "PyTorch; bf16 inputs: fp32 products"

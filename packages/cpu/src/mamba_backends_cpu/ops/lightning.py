@@ -2,8 +2,9 @@
 
 Same signatures, shapes and in-place rules as the spec
 (:mod:`mamba_backends.reference.lightning`) and vLLM 0.32. Decays and states are float32
-(float64 inputs stay float64); with bf16 inputs the prefill's matrix products take bf16
-operands (tuning key ``bf16_gemms``; block sizes come from :mod:`mamba_backends.tuning`).
+(float64 inputs stay float64), and so are the products with the state; with bf16 inputs the
+intra-chunk products may take bf16 operands (tuning key ``bf16_gemms``, off in the shipped
+table; block sizes come from :mod:`mamba_backends.tuning`).
 
 Prefill is chunked. With ``lam = exp(-s)`` per head, a chunk of ``L`` tokens entered with
 state ``kv: [d, e]`` gives, for its token ``i`` (0-based)::
@@ -36,9 +37,9 @@ def _prefill_config(dtype: torch.dtype, D: int, E: int, block_size: int) -> dict
     """Tuning of the prefill (CPU table ``lightning_attention.json``).
 
     ``chunk_size``: tokens per chunk when ``block_size`` is a multiple of it (else one chunk
-    per block). ``bf16_gemms``: with bf16 inputs the matrix products take bf16 operands (fp32
-    accumulation inside the GEMM; decays and the state stay fp32); ``False`` keeps every
-    product fp32.
+    per block). ``bf16_gemms``: with bf16 inputs the intra-chunk products (``q k^T``, scores
+    times ``v``) take bf16 operands (fp32 accumulation inside the GEMM, bf16 results); the
+    state products are fp32 either way. ``False`` keeps every product fp32.
     """
     name = dtype_name(dtype)
     return cpu_config("lightning_attention", dtype=name, D=D, E=E, block_size=block_size)
@@ -136,9 +137,12 @@ def lightning_attention(
 
     scores = (qc @ kc.transpose(-1, -2)) * decay_mat[:, None]  # [bh, nc, C, C] in cdt
     o = (scores.to(gd) @ vc).to(cdt)  # [bh, nc, C, e], the intra-chunk part
-    k_dec_t = (kc * k_decay[..., None].to(gd)).transpose(-1, -2).contiguous()
-    kv_chunk = k_dec_t @ vc  # [bh, nc, d, e]
-    q_dec = qc * q_decay[:, None, :, None].to(gd)
+    # The state products stay in the compute dtype: a bf16 product rounds its result (CPU
+    # matmuls have no fp32 output for bf16 operands), and the state's entries are sums over
+    # the whole history, far larger than an output that cancels out of them.
+    k_dec_t = (kc.to(cdt) * k_decay[..., None]).transpose(-1, -2).contiguous()
+    kv_chunk = k_dec_t @ vc.to(cdt)  # [bh, nc, d, e]
+    q_dec = qc.to(cdt) * q_decay[:, None, :, None]
 
     states = torch.empty(bh, nb + 1, d, e, dtype=torch.float32)
     kv = torch.zeros(bh, d, e, dtype=cdt)
@@ -147,7 +151,7 @@ def lightning_attention(
     for c in range(nc):
         if c % per_block == 0:
             states[:, c // per_block] = kv
-        o[:, c] += q_dec[:, c] @ kv.to(gd)
+        o[:, c] += q_dec[:, c] @ kv
         kv.mul_(state_decay[:, c]).add_(kv_chunk[:, c])
     states[:, nb] = kv
     out = o.view(bh, nc * C, e)[:, :n].reshape(b, h, n, e).to(q.dtype)
