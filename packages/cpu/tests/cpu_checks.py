@@ -67,3 +67,11 @@ class CountOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         self.ops.append(func.overloadpacket.__name__)
         return func(*args, **(kwargs or {}))
+
+
+def pool(slots: int, dim: int, K: int, dtype: torch.dtype, layout: str, gen: torch.Generator):
+    """A conv state pool ``(slots, dim, K)``: contiguous, or vLLM's SD layout (a transposed
+    view of a ``(slots, K, dim)`` buffer, so ``stride(-2) == 1``)."""
+    if layout == "sd":
+        return torch.randn(slots, K, dim, generator=gen).to(dtype).transpose(1, 2)
+    return torch.randn(slots, dim, K, generator=gen).to(dtype)

@@ -9,20 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cpu_checks import CountOps, close, qsl_of
+from cpu_checks import CountOps, close, pool, qsl_of
 
 from mamba_backends.reference import conv1d as spec
 from mamba_backends_cpu.native import conv as _native_conv
+from mamba_backends_cpu.native import entry as _entry
 from mamba_backends_cpu.ops import conv1d as cpu
-
-
-def pool(slots: int, dim: int, K: int, dtype: torch.dtype, layout: str, gen: torch.Generator):
-    """A conv state pool ``(slots, dim, K)``: contiguous, or vLLM's SD layout (a transposed
-    view of a ``(slots, K, dim)`` buffer, so ``stride(-2) == 1``)."""
-    if layout == "sd":
-        return torch.randn(slots, K, dim, generator=gen).to(dtype).transpose(1, 2)
-    return torch.randn(slots, dim, K, generator=gen).to(dtype)
-
 
 CASES = [  # (lens, slots, has_init); slot -1 = pad, 0 = null block
     ([1], [3], [True]),
@@ -214,11 +206,16 @@ def test_bad_input_raises_before_any_write(path) -> None:
     assert torch.equal(st, before)
 
 
-def test_native_calls_dispatch_only_the_output_allocation(monkeypatch) -> None:
+@pytest.mark.parametrize("entry", ["1", "0"])
+def test_native_calls_dispatch_only_the_output_allocation(monkeypatch, entry) -> None:
     """vLLM's prefill and decode arguments (channel-last x, int32 offsets and slots, bool
     has_initial_state, the (W-1, dim) state page) reach the C kernel with no ATen op but the
-    prefill output's allocation: no dtype conversion, no copy, no view, no scalar read."""
+    prefill output's allocation: no dtype conversion, no copy, no view, no scalar read. Decode
+    is one call of the torch-op entry when it is on, else no op at all (ctypes)."""
     monkeypatch.setenv("MAMBA_BACKENDS_CPU_NATIVE", "1")
+    monkeypatch.setenv(_entry.ENV_ENTRY, entry)
+    if entry == "1" and _entry.ops() is None:
+        pytest.skip(f"torch-op entry unavailable: {_entry.status()['reason']}")
     if _native_conv.lib() is None:
         pytest.skip("native conv library unavailable")
     gen = torch.Generator().manual_seed(0)
@@ -238,4 +235,4 @@ def test_native_calls_dispatch_only_the_output_allocation(monkeypatch) -> None:
     xd = torch.randn(2, dim, generator=gen).to(torch.bfloat16)
     with CountOps() as seen:
         cpu.causal_conv1d_update(xd, states, w, None, "silu", slots)
-    assert seen.ops == []
+    assert seen.ops == (["conv_update"] if entry == "1" else [])

@@ -377,7 +377,12 @@ def packer(cls: type[ctypes.Structure]) -> Callable[..., ctypes.Structure]:
 def call(fn: Any, args: ctypes.Structure, allow: tuple[int, ...] = ()) -> int:
     """Run kernel ``fn`` on its argument block; return its code when it is 0 or in ``allow``,
     raise on any other."""
-    rc = fn(ctypes.byref(args), ctypes.sizeof(args))
+    return checked(fn, fn(ctypes.byref(args), ctypes.sizeof(args)), allow)
+
+
+def checked(fn: Any, rc: int, allow: tuple[int, ...] = ()) -> int:
+    """``rc`` when it is 0 or in ``allow``; raise :class:`NativeKernelError` naming kernel
+    ``fn`` (a ctypes function or a name) on any other code."""
     if rc != _OK and rc not in allow:
         raise NativeKernelError(
             f"mamba_backends_cpu: native kernel {getattr(fn, '__name__', fn)} failed: "

@@ -32,6 +32,7 @@ from mamba_backends.contract import (
 from mamba_backends.types import NULL_BLOCK_ID, PAD_SLOT_ID
 from mamba_backends_cpu.native import _build
 from mamba_backends_cpu.native import conv as _native_conv
+from mamba_backends_cpu.native import entry as _entry
 from mamba_backends_cpu.ops._common import compute_dtype, live_slots, silu_name
 
 
@@ -306,6 +307,41 @@ def causal_conv1d_fn(
     return _like_x(out.to(x.dtype).t(), x)
 
 
+_SILU = {None: False, False: False, True: True, "silu": True, "swish": True}
+
+
+def _update_entry(
+    x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None, activation: object,
+    conv_state_indices: Tensor | None, null_block_id: int | None, out: Tensor | None,
+) -> bool:  # fmt: skip
+    """One-token decode through the torch-op entry (:mod:`..native.entry`): True when it ran.
+
+    False (nothing read or written) when the entry is unavailable or declines the form; the
+    caller then checks the arguments and takes its own path. A bad slot value declines too,
+    after the kernel's own check, so that the contract names the argument.
+    """
+    if not (activation is None or isinstance(activation, (bool, str))):
+        return False
+    silu = _SILU.get(activation)
+    ops = _entry.ops()
+    if ops is None or silu is None or not (null_block_id is None or type(null_block_id) is int):
+        return False
+    cdll = _native_conv.lib()
+    if cdll is None:
+        return False
+    try:
+        rc = ops.conv_update(
+            _entry.address(cdll, "mb_conv"), x, conv_state, weight, bias, silu,
+            conv_state_indices, PAD_SLOT_ID, null_block_id, out, _native_conv.MAX_WIDTH,
+        )  # fmt: skip
+    except (TypeError, RuntimeError):
+        return False  # not tensors, or a form the schema refuses: the contract will say
+    if rc == _entry.DECLINED or rc == _build.BADINDEX:
+        return False
+    _build.checked("mb_conv", rc)
+    return True
+
+
 def causal_conv1d_update(
     x: Tensor,
     conv_state: Tensor,
@@ -341,6 +377,16 @@ def causal_conv1d_update(
     Returns:
         The output, shaped like ``x``, in ``x.dtype``.
     """
+    if (
+        num_accepted_tokens is None
+        and query_start_loc is None
+        and block_idx_last_scheduled_token is None
+        and initial_state_idx is None
+        and _update_entry(
+            x, conv_state, weight, bias, activation, conv_state_indices, null_block_id, out
+        )
+    ):
+        return out if out is not None else x
     check_not_supported(
         "causal_conv1d_update",
         block_idx_last_scheduled_token=block_idx_last_scheduled_token,
