@@ -56,3 +56,22 @@ def test_op_paths_name_the_library_or_why_pytorch(monkeypatch) -> None:
     assert paths["linear_decode_forward"] == "PyTorch"
     # the shipped lightning table keeps fp32 products on every ISA (see its note)
     assert paths["lightning_attention"] == "PyTorch; bf16 inputs: fp32 products"
+
+
+@pytest.mark.parametrize(
+    ("status", "line"),
+    [
+        ({"active": True, "reason": None, "cached": True}, "entry  active (decode conv: "),
+        ({"active": False, "reason": "not built yet", "cached": False},
+         "entry  not built yet (compiles at first use)"),
+        ({"active": False, "reason": "build error: boom", "cached": False},
+         "entry  build error: boom; the ctypes path serves"),
+    ],
+)  # fmt: skip
+def test_entry_line_says_whether_and_why(monkeypatch, status, line) -> None:
+    from mamba_backends_cpu.native import entry
+
+    monkeypatch.setattr(entry, "status", lambda: status)
+    section = _info.info_section()
+    assert any(s.startswith(line) for s in section.lines), section.lines
+    assert section.data["entry"] == status

@@ -1,6 +1,7 @@
 """The CPU package's ``mamba-backends info`` section (entry point ``mamba_backends.info`` ->
 ``cpu-native``): the CPU's ISA level, whether the native C kernels are active (and if not,
-why), the ISA level each loaded library was built for, and the path each op takes here."""
+why), the ISA level each loaded library was built for, whether the decode ops' torch-op entry
+is active, and the path each op takes here."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from mamba_backends.info import InfoSection
 from mamba_backends_cpu import native
 from mamba_backends_cpu.isa import cpu_isa
+from mamba_backends_cpu.native import entry
 from mamba_backends_cpu.tuning import cpu_config
 
 #: Each op and the native library that serves it (None: PyTorch only).
@@ -89,6 +91,15 @@ def info_section(requested: bool = False) -> InfoSection:
     for name, state in states.items():
         built = libs[name].get("isa")  # the ISA level a loaded build reports (mb_isa_level)
         lines.append(f"{name:<6} {state}" + (f", {built} build" if built else ""))
+    ent = entry.status()
+    if ent["active"]:
+        ent_state = "active (decode conv: one torch op to the kernel)"
+    elif ent["reason"] == "not built yet":
+        ent_state = "built (cached), loads at first use" if ent["cached"] else (
+            "not built yet (compiles at first use)")  # fmt: skip
+    else:
+        ent_state = f"{ent['reason']}; the ctypes path serves"
+    lines.append(f"entry  {ent_state}")
     for key in ("compiler", "march", "openmp"):
         if key in any_lib:
             lines.append(f"{key:<9}: {any_lib[key]}")
@@ -98,7 +109,10 @@ def info_section(requested: bool = False) -> InfoSection:
     paths = op_paths(libs)
     lines.append("paths  :")
     lines += [f"  {op:<34} {path}" for op, path in paths.items()]
-    data = {"libraries": libs, "isa": isa.level, "isa_hardware": isa.hw_level, "paths": paths}
+    data = {
+        "libraries": libs, "entry": ent, "isa": isa.level, "isa_hardware": isa.hw_level,
+        "paths": paths,
+    }  # fmt: skip
     return InfoSection(data=data, summary=summary, lines=tuple(lines))
 
 
