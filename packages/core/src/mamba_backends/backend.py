@@ -75,6 +75,9 @@ class MambaOps:
         self._names = names
         self._module = module
         self._mode = mode
+        # op -> (the module's function, its wrapper): a lookup costs one identity check, and a
+        # function replaced in the module gets a wrapper of its own
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     @property
     def mode(self) -> str:
@@ -100,10 +103,15 @@ class MambaOps:
                 f"backend {self._backend_name!r} does not implement op {name!r} "
                 f"(module {self._module.__name__!r} has no such function)"
             )
-        if self._mode != "off":
-            eager_dispatch = self._mode == "always"
-            return custom_op_wrapper(self._module.__name__, name, fn, eager_dispatch=eager_dispatch)
-        return fn
+        if self._mode == "off":
+            return fn
+        hit = self._wrapped.get(name)
+        if hit is not None and hit[0] is fn:
+            return hit[1]
+        eager_dispatch = self._mode == "always"
+        wrapper = custom_op_wrapper(self._module.__name__, name, fn, eager_dispatch=eager_dispatch)
+        self._wrapped[name] = (fn, wrapper)
+        return wrapper
 
     def implements(self, name: str) -> bool:
         """Whether the backend's module provides op ``name`` (one of :attr:`names`)."""
