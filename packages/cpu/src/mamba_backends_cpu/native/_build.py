@@ -134,9 +134,10 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def compiler() -> list[str] | None:
-    """The C compiler command (``$CC``, default ``cc``), or None when it is not installed."""
-    argv = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+def compiler(env: str = "CC", default: str = "cc") -> list[str] | None:
+    """The compiler command in ``$env`` (default: the C compiler, ``$CC`` or ``cc``), or None
+    when it is not installed."""
+    argv = shlex.split(os.environ.get(env, default)) or [default]
     exe = shutil.which(argv[0])
     return [exe, *argv[1:]] if exe else None
 

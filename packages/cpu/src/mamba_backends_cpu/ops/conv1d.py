@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mamba_backends.contract import (
+    ContractError,
     check_causal_conv1d_fn_args,
     check_causal_conv1d_update_args,
     check_not_supported,
@@ -307,9 +308,6 @@ def causal_conv1d_fn(
     return _like_x(out.to(x.dtype).t(), x)
 
 
-_SILU = {None: False, False: False, True: True, "silu": True, "swish": True}
-
-
 def _update_entry(
     x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None, activation: object,
     conv_state_indices: Tensor | None, null_block_id: int | None, out: Tensor | None,
@@ -320,11 +318,12 @@ def _update_entry(
     caller then checks the arguments and takes its own path. A bad slot value declines too,
     after the kernel's own check, so that the contract names the argument.
     """
-    if not (activation is None or isinstance(activation, (bool, str))):
-        return False
-    silu = _SILU.get(activation)
+    try:
+        silu = silu_name(activation)
+    except ContractError:
+        return False  # the contract raises it again, after the checks that come first
     ops = _entry.ops()
-    if ops is None or silu is None or not (null_block_id is None or type(null_block_id) is int):
+    if ops is None or not (null_block_id is None or type(null_block_id) is int):
         return False
     cdll = _native_conv.lib()
     if cdll is None:
